@@ -1,0 +1,197 @@
+"""The ``structlab`` command.
+
+Top-level commands: ``data``, ``reproduce``, ``report``. Each part adds its own command group from
+``structlab/<part>/cli.py``, which defines ``register(subparsers) -> None``; a part that has none yet
+is left out of ``--help``. Errors print as one line (``error: ...``) unless ``--debug`` is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import textwrap
+from collections.abc import Sequence
+from pathlib import Path
+
+from structlab import runtime
+from structlab.errors import StructlabError
+from structlab.reproduce import DEFAULT_RESULTS, PARTS, SCALES
+
+# Errors that come from the user's input or environment: shown as one line without a traceback.
+USER_ERRORS = (StructlabError, ValueError, TypeError, FileNotFoundError, PermissionError, KeyError)
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the examples in epilogs as written."""
+
+
+def add_command(subparsers, name: str, help: str, examples: str = "", description: str = "") -> argparse.ArgumentParser:
+    """Add a sub-command with its help text and an ``Examples:`` epilog (used by every part's cli)."""
+    epilog = "Examples:\n" + textwrap.indent(textwrap.dedent(examples).strip(), "  ") if examples else None
+    return subparsers.add_parser(
+        name, help=help, description=description or help, epilog=epilog, formatter_class=_Formatter
+    )
+
+
+def _data_commands(subparsers) -> None:
+    data = add_command(
+        subparsers, "data", "list, verify and fetch the data sets",
+        examples="""
+            structlab data list
+            structlab data verify ssvep-exo
+            structlab data fetch shakespeare
+            STRUCTLAB_DATA=../shared/data structlab data list
+        """,
+    )
+    sub = data.add_subparsers(dest="data_command", required=True, metavar="COMMAND")
+    add_command(sub, "list", "show each data set, where it resolved, its size and licence",
+                examples="structlab data list").set_defaults(func=_data_list)
+    verify = add_command(sub, "verify", "check data sets' files against their recorded checksums",
+                         examples="structlab data verify\nstructlab data verify audio shakespeare")
+    verify.add_argument("names", nargs="*", help="data sets to verify (default: all that are present)")
+    verify.set_defaults(func=_data_verify)
+    fetch = add_command(sub, "fetch", "download data sets from their publishers (checksummed, resumable)",
+                        examples="structlab data fetch shakespeare\nstructlab data fetch fashion-mnist --dest /tmp/data")
+    fetch.add_argument("names", nargs="+", help="data sets to download")
+    fetch.add_argument("--dest", type=Path, help="folder to download into (default: the data folder)")
+    fetch.set_defaults(func=_data_fetch)
+
+
+def _data_list(args: argparse.Namespace) -> int:
+    from structlab import data
+
+    print(f"data folder: {data.data_root()} (set {data.DATA_ENV} to change it)")
+    rows = []
+    for name, ds in data.REGISTRY.items():
+        found = data.find(name)
+        if found is None:
+            where = "missing" + (" (downloadable: structlab data fetch)" if ds.downloads else "")
+            size = "-"
+        else:
+            where = f"{found.origin}: {found.path}"
+            size = _human(data.folder_size(found.path)) if found.origin != "package" else "(package)"
+        rows.append((name, where, size, ds.licence, ds.used_by))
+    for name, where, size, licence, used_by in rows:
+        print(f"\n{name}\n  where:   {where}\n  size:    {size}\n  licence: {licence}\n  used by: {used_by}")
+    return 0
+
+
+def _data_verify(args: argparse.Namespace) -> int:
+    from structlab import data
+
+    names = args.names or [n for n in data.REGISTRY if data.find(n) is not None]
+    failed = 0
+    for name in names:
+        report = data.verify(name)
+        print(report.summary())
+        failed += not report.ok
+    return 1 if failed else 0
+
+
+def _data_fetch(args: argparse.Namespace) -> int:
+    from structlab import data
+
+    for name in args.names:
+        folder = data.fetch(name, dest=args.dest / data.get(name).folder if args.dest else None)
+        print(f"{name}: {folder}")
+    return 0
+
+
+def _human(n: int) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if n < 1000:
+            return f"{n:.0f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
+
+
+def _reproduce_command(subparsers) -> None:
+    rep = add_command(
+        subparsers, "reproduce", "run every part's studies at a scale, then write the report",
+        examples="""
+            structlab reproduce --scale quick
+            structlab reproduce --scale full --only relumip
+            structlab reproduce --only tucker --study charlm --force
+        """,
+    )
+    rep.add_argument("--scale", choices=SCALES, default="quick", help="quick (minutes) or full (hours)")
+    rep.add_argument("--only", action="append", choices=PARTS, help="run only this part (repeatable)")
+    rep.add_argument("--study", action="append", help="run only this study (repeatable)")
+    rep.add_argument("--force", action="store_true", help="rerun studies whose results are current")
+    rep.add_argument("--results", type=Path, default=DEFAULT_RESULTS, help="results folder (default: results)")
+    rep.set_defaults(func=_reproduce)
+
+
+def _reproduce(args: argparse.Namespace) -> int:
+    from structlab import report, reproduce
+
+    outcomes = reproduce.run(args.scale, args.only, args.study, args.force, args.results)
+    html, md = report.write_report(args.results)
+    failed = [o for o in outcomes if o.status == "failed"]
+    for o in failed:
+        print(f"FAILED {o.part}/{o.study}: {o.error}", file=sys.stderr)
+    print(f"report: {html.resolve()}")
+    return 1 if failed else 0
+
+
+def _report_command(subparsers) -> None:
+    rep = add_command(
+        subparsers, "report", "render every results file into results/report.html and report.md",
+        examples="structlab report\nstructlab report --results /tmp/results",
+    )
+    rep.add_argument("--results", type=Path, default=DEFAULT_RESULTS, help="results folder (default: results)")
+    rep.set_defaults(func=_report)
+
+
+def _report(args: argparse.Namespace) -> int:
+    from structlab import report
+
+    html, md = report.write_report(args.results)
+    print(f"report: {html.resolve()}\nmarkdown: {md.resolve()}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="structlab",
+        description="Tucker Attention, subject-conditioned layers, ReLU networks in MILPs and AudioPairBank.",
+        epilog="Examples:\n  structlab data list\n  structlab reproduce --scale quick\n  structlab tucker --help",
+        formatter_class=_Formatter,
+    )
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    parser.add_argument("--quiet", action="store_true", help="hide progress bars")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _data_commands(sub)
+    _reproduce_command(sub)
+    _report_command(sub)
+    for part in PARTS:
+        module = f"structlab.{part}.cli"
+        try:
+            importlib.import_module(module).register(sub)
+        except ModuleNotFoundError as err:
+            if err.name not in (module, f"structlab.{part}"):
+                raise
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.quiet:
+        runtime.set_progress(False)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except USER_ERRORS as err:
+        if args.debug:
+            raise
+        message = str(err) if not isinstance(err, KeyError) else str(err.args[0])
+        print(f"error: {message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

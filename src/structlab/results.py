@@ -1,0 +1,218 @@
+"""The one results-file format every study writes: ``results/<part>/<study>.json``.
+
+A results file holds what was measured (metrics with their spread, tables), how (configuration,
+seeds, data sources and whether they were synthetic, package versions, machine, wall time), the
+figures beside it, and the paper's claims set against the measurements. ``structlab report`` renders
+every such file; README and docs quote numbers from them, never from constants in code.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Literal
+
+from structlab.atomic import atomic_write_json
+
+SCHEMA = "structlab.result/1"
+
+Verdict = Literal["agrees", "partly agrees", "disagrees", "inconclusive", "not measured"]
+VERDICTS: tuple[str, ...] = ("agrees", "partly agrees", "disagrees", "inconclusive", "not measured")
+
+# Versions worth recording for any study; a study may add its own.
+_PACKAGES = (
+    "structlab", "torch", "numpy", "scipy", "scikit-learn", "safetensors", "highspy", "pyscipopt",
+    "mne", "pyriemann", "librosa", "soundfile", "matplotlib",
+)
+
+
+@dataclass
+class Table:
+    """A table of results: ``rows`` are lists aligned with ``columns``."""
+
+    title: str
+    columns: list[str]
+    rows: list[list[Any]]
+    note: str = ""
+
+    def __post_init__(self) -> None:
+        for i, row in enumerate(self.rows):
+            if len(row) != len(self.columns):
+                raise ValueError(
+                    f"rows[{i}] has {len(row)} cells; expected {len(self.columns)} (columns={self.columns})"
+                )
+
+
+@dataclass
+class Claim:
+    """A claim of the paper (or a goal of an issue) set against what was measured."""
+
+    claim: str
+    measured: str
+    verdict: Verdict
+    why: str = ""
+
+    def __post_init__(self) -> None:
+        if self.verdict not in VERDICTS:
+            raise ValueError(f"verdict={self.verdict!r}: expected one of {VERDICTS}")
+
+
+@dataclass
+class StudyResult:
+    """What one study measured. ``reproduce`` adds the environment, wall time and fingerprint."""
+
+    part: str
+    study: str
+    title: str
+    scale: str
+    summary: str = ""
+    config: dict[str, Any] = field(default_factory=dict)
+    seeds: list[int] = field(default_factory=list)
+    data: list[dict[str, Any]] = field(default_factory=list)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    tables: list[Table] = field(default_factory=list)
+    figures: list[str] = field(default_factory=list)  # file names beside the results file
+    claims: list[Claim] = field(default_factory=list)
+    environment: dict[str, Any] = field(default_factory=dict)
+    wall_seconds: float | None = None
+    created: str = ""
+    fingerprint: str = ""
+    schema: str = SCHEMA
+
+    @property
+    def synthetic(self) -> bool:
+        """True when any data source of the study was a synthetic stand-in."""
+        return any(d.get("synthetic") for d in self.data)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["synthetic"] = self.synthetic
+        return out
+
+    @classmethod
+    def from_dict(cls, obj: dict[str, Any]) -> StudyResult:
+        if obj.get("schema") != SCHEMA:
+            raise ValueError(f"schema={obj.get('schema')!r}: expected {SCHEMA!r}")
+        obj = dict(obj)
+        obj.pop("synthetic", None)
+        obj["tables"] = [Table(**t) for t in obj.get("tables", [])]
+        obj["claims"] = [Claim(**c) for c in obj.get("claims", [])]
+        return cls(**obj)
+
+
+def spread(values: Iterable[float]) -> dict[str, Any]:
+    """Mean, sample standard deviation, median, min, max and n of ``values`` (NaNs dropped, kept in n_nan)."""
+    raw = [float(v) for v in values]
+    vals = [v for v in raw if not math.isnan(v)]
+    if not vals:
+        return {"n": 0, "n_nan": len(raw), "values": raw}
+    return {
+        "mean": statistics.fmean(vals),
+        "std": statistics.stdev(vals) if len(vals) > 1 else 0.0,
+        "median": statistics.median(vals),
+        "min": min(vals),
+        "max": max(vals),
+        "n": len(vals),
+        "n_nan": len(raw) - len(vals),
+        "values": raw,
+    }
+
+
+def format_spread(s: dict[str, Any], digits: int = 3) -> str:
+    """``mean ± std (n)`` for a :func:`spread` record."""
+    if not s.get("n"):
+        return "n/a"
+    return f"{s['mean']:.{digits}f} ± {s['std']:.{digits}f} (n={s['n']})"
+
+
+def environment(extra_packages: Sequence[str] = ()) -> dict[str, Any]:
+    """Python, machine and package versions, for the record."""
+    versions = {}
+    for name in (*_PACKAGES, *extra_packages):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    env: dict[str, Any] = {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "packages": versions,
+        "git_commit": _git_commit(),
+    }
+    try:
+        import torch
+
+        env["torch_threads"] = torch.get_num_threads()
+        env["cuda"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    except ImportError:
+        pass
+    return env
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True, text=True, timeout=5, cwd=Path(__file__).parent, check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None
+
+
+def now() -> str:
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+
+
+def results_path(results_dir: str | os.PathLike[str], part: str, study: str) -> Path:
+    return Path(results_dir) / part / f"{study}.json"
+
+
+def write_result(result: StudyResult, results_dir: str | os.PathLike[str]) -> Path:
+    """Write ``result`` atomically to ``<results_dir>/<part>/<study>.json``; returns the path."""
+    path = results_path(results_dir, result.part, result.study)
+    for fig in result.figures:
+        if not (path.parent / fig).is_file():
+            raise ValueError(f"figures: {fig!r} is not a file in {path.parent}")
+    atomic_write_json(path, result.to_dict())
+    return path
+
+
+def finish(result: StudyResult, results_dir: str | os.PathLike[str], wall_seconds: float | None = None) -> Path:
+    """Stamp ``result`` with the environment, time of writing and wall time, then write it.
+
+    Benchmarks (``benchmarks/*.py``) call this directly with ``study="bench_<name>"``; ``reproduce``
+    calls it for studies (adding the source fingerprint that makes results current).
+    """
+    result.environment = environment()
+    result.created = now()
+    if wall_seconds is not None:
+        result.wall_seconds = wall_seconds
+    return write_result(result, results_dir)
+
+
+def read_result(path: str | os.PathLike[str]) -> StudyResult:
+    """Read a results file; raises ``ValueError`` naming the file if it is not one."""
+    try:
+        obj = json.loads(Path(path).read_text(encoding="utf-8"))
+        return StudyResult.from_dict(obj)
+    except (json.JSONDecodeError, TypeError, ValueError) as err:
+        raise ValueError(f"{path}: not a structlab results file ({err})") from err
+
+
+def find_results(results_dir: str | os.PathLike[str]) -> list[Path]:
+    """Every results file under ``results_dir`` (``<part>/<study>.json``), sorted."""
+    root = Path(results_dir)
+    return sorted(p for p in root.glob("*/*.json") if p.is_file())
