@@ -52,7 +52,8 @@ def _data_commands(subparsers) -> None:
     verify.add_argument("names", nargs="*", help="data sets to verify (default: all that are present)")
     verify.set_defaults(func=_data_verify)
     fetch = add_command(sub, "fetch", "download data sets from their publishers (checksummed, resumable)",
-                        examples="structlab data fetch shakespeare\nstructlab data fetch fashion-mnist --dest /tmp/data")
+                        examples="structlab data fetch shakespeare\n"
+                                 "structlab data fetch fashion-mnist --dest /tmp/data")
     fetch.add_argument("names", nargs="+", help="data sets to download")
     fetch.add_argument("--dest", type=Path, help="folder to download into (default: the data folder)")
     fetch.set_defaults(func=_data_fetch)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
+import http.client
 import importlib.util
 import os
 import shutil
@@ -69,6 +70,7 @@ class DataSet:
     package: str | None = None  # import name of the package that carries it
     how_to_get: str = ""
     fallback: str = ""  # what the parts do without it (a generator, labelled synthetic), if anything
+    files: tuple[tuple[str, str], ...] | None = None  # (path, sha256) inline; None: checksums/<name>.sha256
 
 
 @dataclass(frozen=True)
@@ -113,7 +115,7 @@ class VerifyReport:
         if self.path is None:
             return f"{self.name}: not found ({self.note})"
         if self.ok:
-            return f"{self.name}: ok ({self.checked} files verified{'; ' + self.note if self.note else ''})"
+            return f"{self.name}: ok ({self.note or f'{self.checked} files verified'})"
         parts = []
         if self.missing:
             parts.append(f"{len(self.missing)} missing (e.g. {self.missing[0]})")
@@ -273,7 +275,9 @@ def get(name: str) -> DataSet:
 
 def checksums(name: str) -> dict[str, str]:
     """Recorded SHA-256 per file (path relative to the data set's folder); empty for package data sets."""
-    get(name)
+    ds = get(name)
+    if ds.files is not None:
+        return dict(ds.files)
     resource = resources.files("structlab.checksums").joinpath(f"{name}.sha256")
     if not resource.is_file():
         return {}
@@ -392,7 +396,7 @@ def fetch(name: str, dest: str | os.PathLike[str] | None = None, progress: bool 
             if not (archive.is_file() and item.sha256 and sha256_file(archive) == item.sha256):
                 download_file(item.url, archive, sha256=item.sha256, progress=progress)
             _unpack(archive, item, folder / item.target)
-    missing, mismatched = _verify_files(folder, expected)
+    missing, mismatched, _ = _verify_files(folder, expected)
     if missing or mismatched:
         bad = (missing + mismatched)[:3]
         raise ChecksumError(
@@ -454,9 +458,18 @@ def download_file(
                     leave=False,
                 ) as bar,
             ):
-                while block := response.read(1 << 16):
-                    out.write(block)
-                    bar.update(len(block))
+                try:
+                    while block := response.read(1 << 16):
+                        out.write(block)
+                        bar.update(len(block))
+                except (http.client.HTTPException, OSError):
+                    pass  # a dropped connection: the size check below reports it and keeps the partial file
+        if total is not None and part.stat().st_size < total:
+            # The connection dropped: keep the partial file so that the next attempt resumes it.
+            raise DataNotFoundError(
+                f"download of {url} stopped after {part.stat().st_size} of {total} bytes; "
+                "run the same command again to resume"
+            )
     if sha256 is not None:
         got = sha256_file(part)
         if got != sha256:

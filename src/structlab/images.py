@@ -34,7 +34,9 @@ def read_idx(path: str | Path) -> np.ndarray:
     return array.reshape(shape)
 
 
-def load_fashion_mnist(split: Literal["train", "test"] = "train", download: bool = False) -> tuple[np.ndarray, np.ndarray, data.Resolution]:
+def load_fashion_mnist(
+    split: Literal["train", "test"] = "train", download: bool = False
+) -> tuple[np.ndarray, np.ndarray, data.Resolution]:
     """Fashion-MNIST images (n, 28, 28) uint8, labels (n,) int64 and where they came from."""
     if split not in ("train", "test"):
         raise ValueError(f"split={split!r}: expected 'train' or 'test'")

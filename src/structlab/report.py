@@ -176,7 +176,9 @@ def _html_study(path: Path, res: StudyResult) -> str:
     for fig in res.figures:
         fig_path = path.parent / fig
         if fig_path.is_file():
-            parts.append(f"<figure><img src='{_embed(fig_path)}' alt='{e(fig)}'><figcaption>{e(fig)}</figcaption></figure>")
+            parts.append(
+                f"<figure><img src='{_embed(fig_path)}' alt='{e(fig)}'><figcaption>{e(fig)}</figcaption></figure>"
+            )
         else:
             parts.append(f"<p class='failed'>figure {e(fig)} is missing</p>")
     if res.data:

@@ -147,7 +147,8 @@ def run(
     if studies:
         unknown = set(studies) - {s.name for s in chosen}
         if unknown:
-            raise ValueError(f"study={sorted(unknown)}: no such study; known: {sorted(s.name for s in registry.values())}")
+            known = sorted(s.name for s in registry.values())
+            raise ValueError(f"study={sorted(unknown)}: no such study; known: {known}")
     results_dir = Path(results_dir)
     outcomes: list[Outcome] = []
     for spec in sorted(chosen, key=lambda s: (PARTS.index(s.part), s.name)):

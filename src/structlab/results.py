@@ -100,8 +100,9 @@ class StudyResult:
 
     @classmethod
     def from_dict(cls, obj: dict[str, Any]) -> StudyResult:
-        if obj.get("schema") != SCHEMA:
-            raise ValueError(f"schema={obj.get('schema')!r}: expected {SCHEMA!r}")
+        if not isinstance(obj, dict) or obj.get("schema") != SCHEMA:
+            found = obj.get("schema") if isinstance(obj, dict) else type(obj).__name__
+            raise ValueError(f"schema={found!r}: expected {SCHEMA!r}")
         obj = dict(obj)
         obj.pop("synthetic", None)
         obj["tables"] = [Table(**t) for t in obj.get("tables", [])]
