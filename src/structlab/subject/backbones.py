@@ -1,0 +1,220 @@
+"""EEG decoders with braindecode's conventions, written here (braindecode pulls torchaudio, which we avoid).
+
+Every model takes ``n_chans``, ``n_outputs`` and ``n_times`` and maps input ``(batch, n_chans, n_times)``
+to class scores ``(batch, n_outputs)``. Max-norm constraints are ``torch.nn.utils.parametrize``
+parametrisations (:class:`MaxNorm`) rather than in-place renormalisation inside ``forward``, so the layers
+stay plain ``nn.Conv2d``/``nn.Linear`` and can be subject-conditioned.
+
+* :class:`EEGNet`: Lawhern et al. 2018 (braindecode ``EEGNetv4``).
+* :class:`ShallowConvNet`: Schirrmeister et al. 2017 (braindecode ``ShallowFBCSPNet``).
+* :class:`EEGNeX`: Chen et al. 2024 (braindecode ``EEGNeX``), the backbone of arXiv 2510.08059.
+
+:func:`build` makes one by name; ``"braindecode:<Model>"`` builds braindecode's own model where it is
+installed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+
+class MaxNorm(nn.Module):
+    """Parametrisation that rescales each output unit's weights to an L2 norm of at most ``max_norm``."""
+
+    def __init__(self, max_norm: float) -> None:
+        super().__init__()
+        self.max_norm = max_norm
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        norm = weight.flatten(1).norm(dim=1).clamp(min=self.max_norm)
+        return weight * (self.max_norm / norm).reshape(-1, *([1] * (weight.dim() - 1)))
+
+
+def max_norm(layer: nn.Module, value: float) -> nn.Module:
+    """``layer`` with a :class:`MaxNorm` parametrisation on its weight."""
+    parametrize.register_parametrization(layer, "weight", MaxNorm(value))
+    return layer
+
+
+def _check(n_chans: int, n_outputs: int, n_times: int) -> None:
+    for name, value, minimum in (("n_chans", n_chans, 1), ("n_outputs", n_outputs, 2), ("n_times", n_times, 1)):
+        if not isinstance(value, int) or value < minimum:
+            raise ValueError(f"{name}={value!r}: expected an int >= {minimum}")
+
+
+def _flat_size(features: nn.Module, n_chans: int, n_times: int) -> int:
+    with torch.no_grad():
+        was = features.training
+        features.eval()
+        size = features(torch.zeros(1, 1, n_chans, n_times)).numel()
+        features.train(was)
+    return size
+
+
+class EEGNet(nn.Module):
+    """EEGNet-8,2: temporal filters, depthwise spatial filters (max-norm 1), separable convolution."""
+
+    def __init__(
+        self,
+        n_chans: int,
+        n_outputs: int,
+        n_times: int,
+        F1: int = 8,
+        D: int = 2,
+        F2: int = 16,
+        kernel_length: int = 64,
+        drop_prob: float = 0.25,
+    ) -> None:
+        super().__init__()
+        _check(n_chans, n_outputs, n_times)
+        bn = dict(momentum=0.01, eps=1e-3)
+        self.features = nn.Sequential(
+            nn.Conv2d(1, F1, (1, kernel_length), padding=(0, kernel_length // 2), bias=False),
+            nn.BatchNorm2d(F1, **bn),
+            max_norm(nn.Conv2d(F1, F1 * D, (n_chans, 1), groups=F1, bias=False), 1.0),
+            nn.BatchNorm2d(F1 * D, **bn),
+            nn.ELU(),
+            nn.AvgPool2d((1, 4)),
+            nn.Dropout(drop_prob),
+            nn.Conv2d(F1 * D, F1 * D, (1, 16), padding=(0, 8), groups=F1 * D, bias=False),
+            nn.Conv2d(F1 * D, F2, 1, bias=False),
+            nn.BatchNorm2d(F2, **bn),
+            nn.ELU(),
+            nn.AvgPool2d((1, 8)),
+            nn.Dropout(drop_prob),
+            nn.Flatten(),
+        )
+        self.classifier = max_norm(nn.Linear(_flat_size(self.features, n_chans, n_times), n_outputs), 0.25)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x.unsqueeze(1)))
+
+
+class _SafeLog(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.log(x.clamp(min=1e-6))
+
+
+class _Square(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * x
+
+
+class ShallowConvNet(nn.Module):
+    """Shallow ConvNet: temporal then spatial convolution, squaring, mean pooling, log (an FBCSP analogue)."""
+
+    def __init__(
+        self,
+        n_chans: int,
+        n_outputs: int,
+        n_times: int,
+        n_filters_time: int = 40,
+        filter_time_length: int = 25,
+        n_filters_spat: int = 40,
+        pool_time_length: int = 75,
+        pool_time_stride: int = 15,
+        drop_prob: float = 0.5,
+    ) -> None:
+        super().__init__()
+        _check(n_chans, n_outputs, n_times)
+        if n_times < filter_time_length + pool_time_length - 1:
+            raise ValueError(
+                f"n_times={n_times}: expected at least {filter_time_length + pool_time_length - 1} samples "
+                "(filter_time_length + pool_time_length - 1)"
+            )
+        self.features = nn.Sequential(
+            nn.Conv2d(1, n_filters_time, (1, filter_time_length)),
+            nn.Conv2d(n_filters_time, n_filters_spat, (n_chans, 1), bias=False),
+            nn.BatchNorm2d(n_filters_spat, momentum=0.1),
+            _Square(),
+            nn.AvgPool2d((1, pool_time_length), stride=(1, pool_time_stride)),
+            _SafeLog(),
+            nn.Dropout(drop_prob),
+            nn.Flatten(),
+        )
+        self.classifier = nn.Linear(_flat_size(self.features, n_chans, n_times), n_outputs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x.unsqueeze(1)))
+
+
+class EEGNeX(nn.Module):
+    """EEGNeX: two wide temporal convolutions, depthwise spatial filters, two dilated temporal convolutions."""
+
+    def __init__(
+        self,
+        n_chans: int,
+        n_outputs: int,
+        n_times: int,
+        filter_1: int = 8,
+        filter_2: int = 32,
+        depth_multiplier: int = 2,
+        kernel_block_1_2: int = 64,
+        kernel_block_4: int = 16,
+        dilation_block_4: int = 2,
+        kernel_block_5: int = 16,
+        dilation_block_5: int = 4,
+        drop_prob: float = 0.5,
+    ) -> None:
+        super().__init__()
+        _check(n_chans, n_outputs, n_times)
+        filter_3 = filter_2 * depth_multiplier
+        self.features = nn.Sequential(
+            nn.Conv2d(1, filter_1, (1, kernel_block_1_2), padding="same", bias=False),
+            nn.BatchNorm2d(filter_1),
+            nn.Conv2d(filter_1, filter_2, (1, kernel_block_1_2), padding="same", bias=False),
+            nn.BatchNorm2d(filter_2),
+            max_norm(nn.Conv2d(filter_2, filter_3, (n_chans, 1), groups=filter_2, bias=False), 1.0),
+            nn.BatchNorm2d(filter_3),
+            nn.ELU(),
+            nn.AvgPool2d((1, 4), padding=(0, 1)),
+            nn.Dropout(drop_prob),
+            nn.Conv2d(filter_3, filter_2, (1, kernel_block_4), dilation=(1, dilation_block_4), padding="same",
+                      bias=False),
+            nn.BatchNorm2d(filter_2),
+            nn.Conv2d(filter_2, filter_1, (1, kernel_block_5), dilation=(1, dilation_block_5), padding="same",
+                      bias=False),
+            nn.BatchNorm2d(filter_1),
+            nn.ELU(),
+            nn.AvgPool2d((1, 8), padding=(0, 1)),
+            nn.Dropout(drop_prob),
+            nn.Flatten(),
+        )
+        self.classifier = max_norm(nn.Linear(_flat_size(self.features, n_chans, n_times), n_outputs), 0.25)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x.unsqueeze(1)))
+
+
+BACKBONES: dict[str, Callable[..., nn.Module]] = {
+    "eegnet": EEGNet,
+    "shallow": ShallowConvNet,
+    "eegnex": EEGNeX,
+}
+
+
+def build(name: str, n_chans: int, n_outputs: int, n_times: int, **kwargs) -> nn.Module:
+    """The backbone called ``name`` (see :data:`BACKBONES`), or ``"braindecode:<Model>"`` where installed.
+
+    Raises:
+        ValueError: unknown name.
+        ImportError: a braindecode model was asked for and braindecode is not installed.
+    """
+    if not isinstance(name, str):
+        raise TypeError(f"name={name!r}: expected a backbone name (str)")
+    if name.startswith("braindecode:"):
+        try:
+            import braindecode.models as models
+        except ImportError as err:
+            raise ImportError(f"name={name!r}: braindecode is not installed (pip install braindecode)") from err
+        cls = getattr(models, name.split(":", 1)[1], None)
+        if cls is None:
+            raise ValueError(f"name={name!r}: braindecode.models has no such model")
+        return cls(n_chans=n_chans, n_outputs=n_outputs, n_times=n_times, **kwargs)
+    if name not in BACKBONES:
+        raise ValueError(f"name={name!r}: unknown backbone; expected one of {sorted(BACKBONES)} or 'braindecode:<Model>'")
+    return BACKBONES[name](n_chans, n_outputs, n_times, **kwargs)
