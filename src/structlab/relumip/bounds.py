@@ -1,0 +1,308 @@
+"""Sound bounds on every pre-activation of a ReLU network over an input box.
+
+Three methods, each at least as tight as the one before (paper, Sec. 3.1):
+
+- :func:`interval_bounds`: interval arithmetic, layer by layer (``W+ l + W- u + b``).
+- :func:`lp_bounds`: optimisation-based bound tightening (OBBT): for every neuron of layer ``l``, minimise
+  and maximise ``w_j^T h_{l-1} + b_j`` over the LP relaxation of the big-M encoding of layers ``< l``
+  (with the already tightened bounds), then feed the new bounds forward by interval arithmetic.
+- :func:`milp_bounds`: the same over the exact big-M MILP of layers ``< l``, with a time limit per neuron.
+
+Soundness: a bound is never tighter than what the solver proved. An LP bound is computed from the LP's
+dual solution by weak duality (Neumaier and Shcherbina 2004): for *any* row multipliers ``y``,
+``min c^T v >= y^T r(y) + sum_j min(d_j l_j, d_j u_j)`` with ``d = c - A^T y``, which holds whatever the
+solver's tolerances were. A MILP bound is the solver's dual bound, widened by its tolerance. Interval
+bounds are widened by a few units of floating-point rounding. Work is spread over processes (one HiGHS
+model each) when the measured time of the first problems says it pays.
+"""
+
+from __future__ import annotations
+
+import math
+import multiprocessing
+import time
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from structlab import runtime
+from structlab.relumip.model import Model
+from structlab.relumip.network import Layer, ReluNetwork
+
+_ROUNDING = 1e-12  # relative widening of interval bounds against floating-point rounding
+_MILP_TOL = 1e-6  # relative widening of a MILP dual bound (the solver's feasibility tolerance)
+PARALLEL_MIN_SECONDS = 2.0  # estimated serial work of a layer above which OBBT uses processes
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """Bounds ``lower[l] <= a_l <= upper[l]`` on the pre-activations of every layer (the last: outputs).
+
+    They refer to :meth:`ReluNetwork.folded` (the hidden layers are the same as the network's; the outputs
+    are in the user's units). ``input_lower``/``input_upper`` is the box they hold on; ``method`` is
+    "interval", "lp" or "milp"; ``seconds`` the time taken; ``problems`` the number of LPs/MILPs solved.
+    """
+
+    lower: tuple[np.ndarray, ...]
+    upper: tuple[np.ndarray, ...]
+    input_lower: np.ndarray
+    input_upper: np.ndarray
+    method: str
+    seconds: float = 0.0
+    problems: int = 0
+
+    def __post_init__(self) -> None:
+        if len(self.lower) != len(self.upper):
+            raise ValueError(f"lower/upper: {len(self.lower)} and {len(self.upper)} layers; expected the same")
+        for i, (lo, hi) in enumerate(zip(self.lower, self.upper, strict=True)):
+            if lo.shape != hi.shape or np.any(lo > hi):
+                raise ValueError(f"layer {i}: lower bounds exceed upper bounds or shapes differ")
+
+    def width(self) -> list[np.ndarray]:
+        """``upper - lower`` per layer."""
+        return [hi - lo for lo, hi in zip(self.lower, self.upper, strict=True)]
+
+
+def check_box(
+    net: ReluNetwork, lower: np.ndarray | Sequence[float], upper: np.ndarray | Sequence[float]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Validate an input box; returns float64 copies of ``lower`` and ``upper`` (shape (n_in,))."""
+    if not isinstance(net, ReluNetwork):
+        raise TypeError(f"net: {type(net).__name__}; expected a ReluNetwork")
+    lo = np.array(lower, dtype=np.float64).reshape(-1) if np.ndim(lower) else np.full(net.input_dim, lower, float)
+    hi = np.array(upper, dtype=np.float64).reshape(-1) if np.ndim(upper) else np.full(net.input_dim, upper, float)
+    for name, arr in (("lower", lo), ("upper", hi)):
+        if arr.shape != (net.input_dim,):
+            raise ValueError(f"{name}: shape {arr.shape}; expected ({net.input_dim},) to match the network input")
+        if not np.all(np.isfinite(arr)):
+            raise ValueError(f"{name}: {arr}; expected finite values (the box must be bounded)")
+    if np.any(lo > hi):
+        j = int(np.argmax(lo > hi))
+        raise ValueError(f"lower[{j}]={lo[j]} > upper[{j}]={hi[j]}: expected lower <= upper")
+    return lo, hi
+
+
+def _affine_interval(layer: Layer, h_lo: np.ndarray, h_hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Interval arithmetic for ``W h + b`` with ``h`` in [h_lo, h_hi], widened against rounding."""
+    w_pos, w_neg = np.maximum(layer.weight, 0.0), np.minimum(layer.weight, 0.0)
+    lo = w_pos @ h_lo + w_neg @ h_hi + layer.bias
+    hi = w_pos @ h_hi + w_neg @ h_lo + layer.bias
+    slack = _ROUNDING * (np.abs(layer.weight) @ np.maximum(np.abs(h_lo), np.abs(h_hi)) + np.abs(layer.bias) + 1.0)
+    return lo - slack, hi + slack
+
+
+def _propagate(folded: ReluNetwork, lower: list[np.ndarray], upper: list[np.ndarray], start: int) -> None:
+    """Interval arithmetic from layer ``start`` on, intersected with the bounds already there (in place)."""
+    for k in range(start, len(folded.layers)):
+        prev = folded.layers[k - 1]
+        lo, hi = _affine_interval(folded.layers[k], prev.activate(lower[k - 1]), prev.activate(upper[k - 1]))
+        lower[k], upper[k] = np.maximum(lower[k], lo), np.minimum(upper[k], hi)
+
+
+def interval_bounds(
+    net: ReluNetwork, lower: np.ndarray | Sequence[float], upper: np.ndarray | Sequence[float]
+) -> Bounds:
+    """Interval-arithmetic bounds on every pre-activation for inputs in ``[lower, upper]`` (shape (n_in,)).
+
+    Raises ``ValueError`` for a box of the wrong shape, with infinite values or with ``lower > upper``.
+    """
+    start = time.perf_counter()
+    lo, hi = check_box(net, lower, upper)
+    folded = net.folded()
+    layer_lo, layer_hi = _affine_interval(folded.layers[0], lo, hi)
+    L = [layer_lo] + [np.full(layer.n_out, -math.inf) for layer in folded.layers[1:]]
+    U = [layer_hi] + [np.full(layer.n_out, math.inf) for layer in folded.layers[1:]]
+    _propagate(folded, L, U, 1)
+    return Bounds(tuple(L), tuple(U), lo, hi, "interval", time.perf_counter() - start)
+
+
+def lp_bounds(
+    net: ReluNetwork,
+    lower: np.ndarray | Sequence[float],
+    upper: np.ndarray | Sequence[float],
+    n_jobs: int | None = None,
+) -> Bounds:
+    """LP-based bound tightening (module docstring), layer by layer, starting from interval bounds.
+
+    ``n_jobs``: processes to spread each layer's LPs over (default: the available cores; a layer whose
+    measured serial work is small is solved in this process). Raises ``ValueError`` for a bad box.
+    """
+    start = interval_bounds(net, lower, upper)
+    return _tighten(net, start, mip=False, time_limit=None, n_jobs=n_jobs, method="lp")
+
+
+def milp_bounds(
+    net: ReluNetwork,
+    lower: np.ndarray | Sequence[float],
+    upper: np.ndarray | Sequence[float],
+    time_limit: float = 1.0,
+    n_jobs: int | None = None,
+    start: Bounds | None = None,
+) -> Bounds:
+    """MILP-based bound tightening: exact over the big-M MILP of the earlier layers, ``time_limit`` s per problem.
+
+    A problem stopped by its time limit contributes its proven dual bound. ``start``: bounds to begin
+    from (default: :func:`lp_bounds`, whose tighter big-M make the MILPs faster).
+    """
+    if not time_limit > 0:
+        raise ValueError(f"time_limit={time_limit!r}: expected a positive number of seconds per problem")
+    lo, hi = check_box(net, lower, upper)
+    start = start or lp_bounds(net, lo, hi, n_jobs=n_jobs)
+    if not (np.array_equal(start.input_lower, lo) and np.array_equal(start.input_upper, hi)):
+        raise ValueError("start: bounds computed for another input box; expected the same [lower, upper]")
+    return _tighten(net, start, mip=True, time_limit=time_limit, n_jobs=n_jobs, method="milp")
+
+
+def stable_fraction(net: ReluNetwork, bounds: Bounds) -> float:
+    """Share of hidden neurons that are stable under ``bounds`` (one linear piece on the whole box).
+
+    A ReLU neuron is stable when ``U <= 0`` or ``L >= 0``; a clipped ReLU one when ``U <= 0``, ``L >= c``
+    or ``0 <= L <= U <= c``. Returns a value in [0, 1] (1.0 for a network without hidden layers).
+    """
+    if len(bounds.lower) != len(net.layers):
+        raise ValueError(f"bounds: {len(bounds.lower)} layers; expected {len(net.layers)} for {net!r}")
+    stable = total = 0
+    for layer, lo, hi in zip(net.hidden, bounds.lower, bounds.upper, strict=False):
+        if layer.activation == "clipped_relu":
+            c = layer.clip
+            ok = (hi <= 0) | (lo >= c) | ((lo >= 0) & (hi <= c))
+        else:
+            ok = (hi <= 0) | (lo >= 0)
+        stable += int(ok.sum())
+        total += layer.n_out
+    return stable / total if total else 1.0
+
+
+# ------------------------------------------------------------------------------------------ OBBT
+def _tighten(
+    net: ReluNetwork, start: Bounds, mip: bool, time_limit: float | None, n_jobs: int | None, method: str
+) -> Bounds:
+    from structlab.relumip.formulation import encode_layer  # formulation imports this module
+
+    t0 = time.perf_counter()
+    n_jobs = runtime.cpu_count() if n_jobs is None else n_jobs
+    if not isinstance(n_jobs, int) or n_jobs < 1:
+        raise ValueError(f"n_jobs={n_jobs!r}: expected a positive int or None")
+    folded = net.folded()
+    L, U = [b.copy() for b in start.lower], [b.copy() for b in start.upper]
+    problems = 0
+    with _Workers(n_jobs) as workers:
+        for l in range(1, len(folded.layers)):
+            model = Model()
+            h = model.add_variables(net.input_dim, start.input_lower, start.input_upper, name="x")
+            for k in range(l):
+                h = encode_layer(model, h, folded.layers[k], L[k], U[k], relax=not mip, name=f"l{k}").h
+            layer = folded.layers[l]
+            # only neurons that can be active need bounds (a dead or saturated one is constant)
+            clip = layer.clip if layer.activation == "clipped_relu" else np.full(layer.n_out, math.inf)
+            todo = np.flatnonzero((U[l] > 0) & (L[l] < clip)) if l < len(folded.layers) - 1 else np.arange(
+                layer.n_out)
+            lo, hi = workers.bound_rows(model, h, layer.weight[todo], mip, time_limit)
+            problems += 2 * todo.size
+            L[l][todo] = np.maximum(L[l][todo], lo + layer.bias[todo])
+            U[l][todo] = np.minimum(U[l][todo], hi + layer.bias[todo])
+            # two sound bounds cannot cross beyond rounding; where they touch, keep the point
+            cross = L[l] > U[l]
+            L[l][cross] = U[l][cross] = 0.5 * (L[l][cross] + U[l][cross])
+            _propagate(folded, L, U, l + 1)
+    return Bounds(tuple(L), tuple(U), start.input_lower, start.input_upper, method,
+                  start.seconds + time.perf_counter() - t0, start.problems + problems)
+
+
+class _Workers:
+    """Solve bound problems here or, when the measured work pays for it, in a pool of processes."""
+
+    def __init__(self, n_jobs: int) -> None:
+        self.n_jobs = n_jobs
+        self.executor: ProcessPoolExecutor | None = None
+
+    def __enter__(self) -> _Workers:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.executor is not None:
+            self.executor.shutdown(wait=True, cancel_futures=True)
+
+    def bound_rows(
+        self, model: Model, cols: np.ndarray, rows: np.ndarray, mip: bool, time_limit: float | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        n = rows.shape[0]
+        probe = min(n, 4 if self.n_jobs > 1 else n)
+        t = time.perf_counter()
+        lo, hi = bound_rows(model, cols, rows[:probe], mip, time_limit)
+        per_row = (time.perf_counter() - t) / max(probe, 1)
+        rest = n - probe
+        if rest == 0:
+            return lo, hi
+        if self.n_jobs == 1 or per_row * rest < PARALLEL_MIN_SECONDS:
+            lo2, hi2 = bound_rows(model, cols, rows[probe:], mip, time_limit)
+        else:
+            if self.executor is None:
+                self.executor = ProcessPoolExecutor(self.n_jobs, mp_context=multiprocessing.get_context("spawn"))
+            chunks = np.array_split(np.arange(probe, n), self.n_jobs)
+            futures = [self.executor.submit(bound_rows, model, cols, rows[c], mip, time_limit)
+                       for c in chunks if c.size]
+            parts = [f.result() for f in futures]
+            lo2 = np.concatenate([p[0] for p in parts])
+            hi2 = np.concatenate([p[1] for p in parts])
+        return np.concatenate([lo, lo2]), np.concatenate([hi, hi2])
+
+
+def bound_rows(
+    model: Model, cols: np.ndarray, rows: np.ndarray, mip: bool, time_limit: float | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Sound ``min`` and ``max`` of ``rows[i] @ v[cols]`` over ``model``'s feasible set, for every row i.
+
+    One HiGHS model is built and re-solved with new costs (a warm-started simplex for LPs).
+    """
+    from scipy.sparse import csr_matrix
+
+    from structlab.relumip.solvers import highs_model
+
+    highs = highs_model(model)
+    highs.setOptionValue("threads", 1)
+    if time_limit is not None:
+        highs.setOptionValue("time_limit", float(time_limit))
+    n = model.num_variables
+    starts, index, value, row_lo, row_hi = model.rows()
+    A = csr_matrix((value, index, starts), shape=(model.num_rows, n))
+    col_lo, col_hi = model.col_lower, model.col_upper
+    all_cols = np.arange(n, dtype=np.int32)
+    lower = np.empty(rows.shape[0])
+    upper = np.empty(rows.shape[0])
+    for i, w in enumerate(rows):
+        for sign, out in ((1.0, lower), (-1.0, upper)):
+            c = np.zeros(n)
+            c[cols] = sign * w
+            highs.changeColsCost(n, all_cols, c)
+            highs.run()
+            if mip:
+                bound = float(highs.getInfo().mip_dual_bound)
+                bound -= _MILP_TOL * (1.0 + abs(bound))
+            else:
+                bound = _dual_bound(highs, A, c, row_lo, row_hi, col_lo, col_hi)
+            out[i] = sign * bound
+    return lower, upper
+
+
+def _dual_bound(
+    highs: Any, A: Any, c: np.ndarray, row_lo: np.ndarray, row_hi: np.ndarray,
+    col_lo: np.ndarray, col_hi: np.ndarray,
+) -> float:
+    """A rigorous lower bound on ``min c^T v`` from the LP's row duals by weak duality (module docstring)."""
+    solution = highs.getSolution()
+    if not solution.dual_valid:
+        return -math.inf
+    y = np.asarray(solution.row_dual, dtype=np.float64)
+    # a multiplier on a row side that is infinite would make the bound -inf: drop it
+    y = np.where((y > 0) & ~np.isfinite(row_lo), 0.0, y)
+    y = np.where((y < 0) & ~np.isfinite(row_hi), 0.0, y)
+    d = c - A.T @ y
+    row_part = np.where(y > 0, y * np.where(y > 0, row_lo, 0.0), y * np.where(y < 0, row_hi, 0.0))
+    col_part = np.where(d > 0, d * col_lo, np.where(d < 0, d * col_hi, 0.0))
+    terms = np.concatenate([row_part, col_part])
+    bound = float(terms.sum())
+    return bound - 1e-12 * (float(np.abs(terms).sum()) + 1.0) - 1e-9 * (1.0 + abs(bound))

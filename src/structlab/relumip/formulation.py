@@ -1,0 +1,327 @@
+"""The big-M MILP of a ReLU network on a box, and a model builder for problem-specific constraints.
+
+For a neuron with pre-activation ``a = w^T h_prev + b`` and sound bounds ``L <= a <= U`` the ReLU output
+``h = max(0, a)`` is encoded with a binary ``z`` (paper, eq. (3); Fischetti and Jo 2018)::
+
+    h >= 0,   h >= a,   h <= a - L (1 - z),   h <= U z,   z in {0, 1}
+
+Stable neurons get no binary: ``U <= 0`` fixes ``h = 0`` and ``L >= 0`` makes ``h = a``. A clipped ReLU
+``h = min(max(0, a), c)`` has up to two kinks; with ``z1 = [a >= 0]`` and ``z2 = [a >= c]``::
+
+    h <= a - L (1 - z1),   h <= c z1,   h >= c z2,   h >= a - (U - c) z2,   z2 <= z1,   0 <= h <= c
+
+where a kink outside ``[L, U]`` drops its binary (``L >= 0``: ``z1 = 1``; ``U <= c``: ``z2 = 0``).
+
+:class:`Formulation` keeps the network's variables (``x``, ``y`` and each layer's ``a``, ``h``, ``z``)
+apart from the problem: add variables, constraints and an objective, then :meth:`Formulation.solve`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from structlab.relumip.bounds import Bounds, check_box, interval_bounds, lp_bounds, milp_bounds
+from structlab.relumip.model import Model, Sense
+from structlab.relumip.network import Layer, ReluNetwork
+from structlab.relumip.solvers import SolverOptions, TimeLimitError, solve
+
+BoundsMethod = Literal["interval", "lp", "milp"]
+NO_VAR = -1  # index of a variable that a neuron does not need
+
+
+@dataclass(frozen=True)
+class LayerVars:
+    """Variable indices of one hidden layer; ``NO_VAR`` where a neuron needs none.
+
+    ``a``: pre-activation (``NO_VAR`` for a constant neuron; equal to ``h`` where ``h = a``), ``h``: output,
+    ``z``: binary of the kink at 0, ``z_clip``: binary of the kink at ``c``. ``big_m`` (n,) is the largest
+    big-M coefficient of each neuron (0 for a stable one).
+    """
+
+    a: np.ndarray
+    h: np.ndarray
+    z: np.ndarray
+    z_clip: np.ndarray
+    big_m: np.ndarray
+
+
+def encode_layer(
+    model: Model,
+    h_prev: np.ndarray,
+    layer: Layer,
+    lower: np.ndarray,
+    upper: np.ndarray,
+    relax: bool = False,
+    name: str = "l",
+) -> LayerVars:
+    """Add one hidden layer's big-M encoding to ``model`` (module docstring); returns its variables.
+
+    ``h_prev`` are the indices of the layer's inputs, ``lower``/``upper`` (n_out,) sound bounds on its
+    pre-activations. ``relax`` makes the binaries continuous in [0, 1] (the LP relaxation).
+    """
+    n = layer.n_out
+    clip = layer.clip if layer.activation == "clipped_relu" else np.full(n, math.inf)
+    dead = upper <= 0
+    saturated = lower >= clip
+    linear = ~dead & ~saturated & (lower >= 0) & (upper <= clip)
+    unstable = ~(dead | saturated | linear)
+    h_lower = np.where(saturated, clip, np.where(linear, lower, 0.0))
+    h_upper = np.where(dead, 0.0, np.where(saturated, clip, np.minimum(upper, clip)))
+    h = model.add_variables(n, h_lower, h_upper, name=f"{name}.h")
+
+    a = np.full(n, NO_VAR)
+    a[linear] = h[linear]
+    unstable_idx = np.flatnonzero(unstable)
+    a[unstable_idx] = model.add_variables(unstable_idx.size, lower[unstable], upper[unstable], name=f"{name}.a")
+
+    # a - W h_prev = b for every neuron that is not constant
+    rows = np.flatnonzero(linear | unstable)
+    model.add_rows(
+        [np.concatenate(([a[j]], h_prev)) for j in rows],
+        [np.concatenate(([1.0], -layer.weight[j])) for j in rows],
+        layer.bias[rows], layer.bias[rows],
+    )
+
+    z = np.full(n, NO_VAR)
+    z_clip = np.full(n, NO_VAR)
+    big_m = np.zeros(n)
+    kink0 = unstable & (lower < 0)
+    kink_c = unstable & (upper > clip)
+    k0, kc = np.flatnonzero(kink0), np.flatnonzero(kink_c)
+    z[k0] = model.add_variables(k0.size, 0.0, 1.0, integer=not relax, name=f"{name}.z")
+    z_clip[kc] = model.add_variables(kc.size, 0.0, 1.0, integer=not relax, name=f"{name}.zc")
+    inf = math.inf
+    for j in unstable_idx:
+        L, U, c = float(lower[j]), float(upper[j]), float(clip[j])
+        hj, aj, zj, cj = h[j], a[j], z[j], z_clip[j]
+        rows: list[tuple[list[int], list[float], float, float]] = []  # (variables, coefficients, lo, hi)
+        if kink0[j]:
+            rows.append(([hj, aj, zj], [1.0, -1.0, -L], -inf, -L))  # h <= a - L (1 - z1)
+            rows.append(([hj, zj], [1.0, -min(U, c)], -inf, 0.0))  # h <= min(U, c) z1
+        else:
+            rows.append(([hj, aj], [1.0, -1.0], -inf, 0.0))  # h <= a   (z1 = 1)
+        if kink_c[j]:
+            rows.append(([hj, cj], [1.0, -c], 0.0, inf))  # h >= c z2
+            rows.append(([hj, aj, cj], [1.0, -1.0, U - c], 0.0, inf))  # h >= a - (U - c) z2
+            if kink0[j]:
+                rows.append(([cj, zj], [1.0, -1.0], -inf, 0.0))  # z2 <= z1
+        else:
+            rows.append(([hj, aj], [1.0, -1.0], 0.0, inf))  # h >= a   (z2 = 0)
+        cols, coeffs, lo, hi = zip(*rows, strict=True)
+        model.add_rows(cols, coeffs, np.array(lo), np.array(hi))
+        big_m[j] = max(-L if kink0[j] else 0.0, min(U, c) if kink0[j] else 0.0, U - c if kink_c[j] else 0.0)
+    return LayerVars(a, h, z, z_clip, big_m)
+
+
+@dataclass
+class Solution:
+    """The result of optimising over a network.
+
+    ``x`` (n_in,): the best input found; ``y = net(x)`` (n_out,) from the network's own forward pass;
+    ``objective``: the objective at ``x`` evaluated with ``y = net(x)`` (not only the solver's value);
+    ``solver_objective``: the solver's value; ``bound``: best proven bound on the optimum; ``status``:
+    "optimal" | "time_limit" | "limit"; ``gap``: relative gap; ``seconds``: solver wall time; ``nodes``:
+    branch-and-bound nodes. ``x``, ``y`` and ``objective`` are None when no solution was found.
+    """
+
+    status: str
+    x: np.ndarray | None
+    y: np.ndarray | None
+    objective: float | None
+    bound: float
+    gap: float
+    seconds: float
+    nodes: int
+    solver: str
+    solver_objective: float | None
+    values: np.ndarray | None
+
+    @property
+    def optimal(self) -> bool:
+        return self.status == "optimal"
+
+    def raise_for_status(self) -> Solution:
+        """Return self if optimal; raise :class:`~structlab.relumip.solvers.TimeLimitError` otherwise."""
+        if not self.optimal:
+            found = "no solution found" if self.x is None else f"best objective {self.objective:.6g}"
+            raise TimeLimitError(
+                f"{self.solver}: stopped at status {self.status!r} after {self.seconds:.1f} s with {found} "
+                f"and bound {self.bound:.6g}", self,
+            )
+        return self
+
+
+class Formulation:
+    """The big-M MILP of ``net`` on the box ``lower <= x <= upper``, ready for more constraints.
+
+    ``bounds``: precomputed :class:`Bounds` or the method to compute them ("interval", "lp", "milp").
+    Attributes: ``model`` (:class:`Model`), ``x`` (n_in,) and ``y`` (n_out,) variable indices, ``layers``
+    (:class:`LayerVars` per hidden layer), ``bounds``. Example, a robustness margin in an L-inf ball::
+
+        form = Formulation(net, np.clip(x0 - eps, 0, 1), np.clip(x0 + eps, 0, 1), bounds="lp")
+        form.set_objective(form.y[[j, true]], [1.0, -1.0], sense="max")
+        sol = form.solve(time_limit=60)
+    """
+
+    def __init__(
+        self,
+        net: ReluNetwork,
+        lower: np.ndarray | Sequence[float],
+        upper: np.ndarray | Sequence[float],
+        bounds: Bounds | BoundsMethod = "interval",
+    ) -> None:
+        if not isinstance(net, ReluNetwork):
+            raise TypeError(f"net: {type(net).__name__}; expected a ReluNetwork")
+        lower, upper = check_box(net, lower, upper)
+        if isinstance(bounds, str):
+            methods = {"interval": interval_bounds, "lp": lp_bounds, "milp": milp_bounds}
+            if bounds not in methods:
+                raise ValueError(f"bounds={bounds!r}: expected one of {tuple(methods)} or a Bounds object")
+            bounds = methods[bounds](net, lower, upper)
+        elif not isinstance(bounds, Bounds):
+            raise TypeError(f"bounds: {type(bounds).__name__}; expected a Bounds object or a method name")
+        elif not (np.all(bounds.input_lower <= lower) and np.all(upper <= bounds.input_upper)):
+            raise ValueError("bounds: computed for a smaller input box than [lower, upper]; recompute them")
+        self.net, self.bounds = net, bounds
+        self.lower, self.upper = lower, upper
+        folded = net.folded()
+        self.model = Model()
+        self.x = self.model.add_variables(net.input_dim, lower, upper, name="x")
+        h = self.x
+        self.layers: list[LayerVars] = []
+        for i, layer in enumerate(folded.hidden):
+            vars_ = encode_layer(self.model, h, layer, bounds.lower[i], bounds.upper[i], name=f"l{i}")
+            self.layers.append(vars_)
+            h = vars_.h
+        out = folded.layers[-1]
+        self.y = self.model.add_variables(out.n_out, bounds.lower[-1], bounds.upper[-1], name="y")
+        self.model.add_rows(  # y - W h = b
+            [np.concatenate(([self.y[j]], h)) for j in range(out.n_out)],
+            [np.concatenate(([1.0], -out.weight[j])) for j in range(out.n_out)],
+            out.bias, out.bias,
+        )
+
+    # ------------------------------------------------------------------------------ problem building
+    def add_variables(
+        self, n: int, lower: float | np.ndarray = 0.0, upper: float | np.ndarray = math.inf,
+        integer: bool = False, name: str = "u",
+    ) -> np.ndarray:
+        """Add ``n`` problem variables (see :meth:`Model.add_variables`); returns their indices."""
+        return self.model.add_variables(n, lower, upper, integer, name)
+
+    def add_constraint(
+        self, variables: Sequence[int] | np.ndarray, coeffs: Sequence[float] | np.ndarray,
+        lower: float = -math.inf, upper: float = math.inf,
+    ) -> None:
+        """Add ``lower <= sum_k coeffs[k] * v[variables[k]] <= upper``, e.g. on ``self.y`` or ``self.x``."""
+        self.model.add_constraint(variables, coeffs, lower, upper)
+
+    def set_objective(
+        self, variables: Sequence[int] | np.ndarray, coeffs: Sequence[float] | np.ndarray,
+        sense: Sense = "min", offset: float = 0.0,
+    ) -> None:
+        """Optimise ``sum_k coeffs[k] * v[variables[k]] + offset`` in direction ``sense`` ("min" | "max")."""
+        self.model.set_objective(variables, coeffs, sense, offset)
+
+    # ------------------------------------------------------------------------------------ indicators
+    @property
+    def big_m(self) -> list[np.ndarray]:
+        """The largest big-M coefficient of every hidden neuron, per layer (0 for stable neurons)."""
+        return [layer.big_m for layer in self.layers]
+
+    @property
+    def num_binaries(self) -> int:
+        return self.model.num_integers
+
+    # ---------------------------------------------------------------------------------------- solving
+    def point(self, x: np.ndarray | Sequence[float]) -> np.ndarray:
+        """Values of every network variable at input ``x`` (the forward pass); problem variables are NaN.
+
+        A feasible warm start for :meth:`solve` when ``x`` satisfies the problem's own constraints.
+        """
+        x = np.asarray(x, dtype=np.float64)
+        if x.shape != (self.net.input_dim,):
+            raise ValueError(f"x: shape {x.shape}; expected ({self.net.input_dim},)")
+        values = np.full(self.model.num_variables, np.nan)
+        values[self.x] = x
+        pre = self.net.folded().pre_activations(x)
+        for vars_, layer, a in zip(self.layers, self.net.folded().hidden, pre, strict=False):
+            h = layer.activate(a)
+            values[vars_.h] = h
+            has_a = vars_.a != NO_VAR
+            values[vars_.a[has_a]] = a[has_a]
+            has_z = vars_.z != NO_VAR
+            values[vars_.z[has_z]] = (a[has_z] > 0).astype(float)
+            has_zc = vars_.z_clip != NO_VAR
+            if has_zc.any():
+                values[vars_.z_clip[has_zc]] = (a[has_zc] > layer.clip[has_zc]).astype(float)
+        values[self.y] = pre[-1]
+        return values
+
+    def solve(
+        self,
+        solver: str = "highs",
+        time_limit: float | None = None,
+        gap: float = 1e-6,
+        threads: int | None = None,
+        seed: int = 0,
+        warm_start: np.ndarray | Sequence[float] | None = None,
+        feasibility_tol: float = 1e-8,
+        verbose: bool = False,
+    ) -> Solution:
+        """Solve the model; ``warm_start`` is a feasible input x (n_in,) whose forward pass seeds the solver.
+
+        Raises :class:`~structlab.relumip.solvers.InfeasibleError` / ``UnboundedError`` for such models; a
+        time-out returns a :class:`Solution` with status "time_limit" (see ``raise_for_status``).
+        """
+        options = SolverOptions(time_limit, gap, threads, seed, feasibility_tol, verbose)
+        start = None if warm_start is None else self.point(np.asarray(warm_start, dtype=np.float64))
+        result = solve(self.model, solver, options, start)
+        x = y = objective = None
+        if result.values is not None:
+            x = np.clip(result.values[self.x], self.lower, self.upper)
+            y = self.net(x)
+            objective = self._objective_at(result.values, x, y)
+        return Solution(
+            status=result.status, x=x, y=y, objective=objective, bound=result.bound, gap=result.gap,
+            seconds=result.seconds, nodes=result.nodes, solver=result.solver,
+            solver_objective=result.objective, values=result.values,
+        )
+
+    def _objective_at(self, values: np.ndarray, x: np.ndarray, y: np.ndarray) -> float:
+        """The objective with the network's variables taken from the forward pass at ``x``."""
+        exact = values.copy()
+        exact[self.x] = x
+        exact[self.y] = y
+        return float(self.model.objective_value @ exact[self.model.objective_index] + self.model.objective_offset)
+
+
+def optimize(
+    net: ReluNetwork,
+    lower: np.ndarray | Sequence[float],
+    upper: np.ndarray | Sequence[float],
+    objective: np.ndarray | Sequence[float] | float,
+    sense: Sense = "min",
+    bounds: Bounds | BoundsMethod = "interval",
+    solver: str = "highs",
+    time_limit: float | None = None,
+    **options: object,
+) -> Solution:
+    """Optimise ``c . net(x)`` over the box ``lower <= x <= upper`` (each of shape (n_in,)).
+
+    ``objective`` is the vector ``c`` (n_out,) of coefficients on the outputs (a number for one output).
+    ``bounds``: "interval", "lp", "milp" or a :class:`Bounds`. ``options`` go to :meth:`Formulation.solve`
+    (gap, threads, seed, warm_start, feasibility_tol, verbose). Returns a :class:`Solution` whose
+    ``objective`` is ``c . net(x)`` from the network's forward pass at the returned ``x``.
+    """
+    c = np.atleast_1d(np.asarray(objective, dtype=np.float64))
+    if c.shape != (net.output_dim,) or not np.all(np.isfinite(c)):
+        raise ValueError(f"objective: shape {c.shape}; expected {net.output_dim} finite output coefficients")
+    form = Formulation(net, lower, upper, bounds)
+    form.set_objective(form.y, c, sense)
+    return form.solve(solver=solver, time_limit=time_limit, **options)  # type: ignore[arg-type]
