@@ -1,0 +1,71 @@
+"""Tucker Attention (arXiv 2603.30033) and the attention layers it generalises.
+
+Layers (``torch.nn.Module``, batch-first, each with ``causal``, ``rope``, ``bias``, ``dropout`` options
+and a KV cache for incremental decoding): :class:`MultiHeadAttention`, :class:`GroupedQueryAttention`,
+:class:`MultiHeadLatentAttention`, :class:`TuckerAttention`.
+
+Analysis and conversion: :func:`attention_tensors`, :func:`tucker_ranks`, :func:`mode_spectra`,
+:func:`to_tucker`, :func:`compress` (with :func:`hosvd`, :func:`hooi`), :func:`attention_parameters`,
+:func:`kv_cache_bytes`. Loading: :func:`from_torch_mha`, :func:`minilm_state_dict`, :func:`bert_attention`.
+"""
+
+from structlab.tucker.cache import KVCache
+from structlab.tucker.counting import attention_parameters, kv_cache_bytes
+from structlab.tucker.decomposition import (
+    TuckerDecomposition,
+    compress,
+    hooi,
+    hosvd,
+    relative_errors,
+    to_tucker,
+)
+from structlab.tucker.mha import GroupedQueryAttention, MultiHeadAttention
+from structlab.tucker.mla import MultiHeadLatentAttention
+from structlab.tucker.pretrained import (
+    bert_attention,
+    from_torch_mha,
+    minilm_config,
+    minilm_path,
+    minilm_state_dict,
+)
+from structlab.tucker.rope import apply_rotary, rotary_frequencies
+from structlab.tucker.tensors import (
+    attention_tensors,
+    energy,
+    latent_form,
+    mode_spectra,
+    theoretical_ranks,
+    tucker_ranks,
+    unfold,
+)
+from structlab.tucker.tucker import TuckerAttention
+
+__all__ = [
+    "GroupedQueryAttention",
+    "KVCache",
+    "MultiHeadAttention",
+    "MultiHeadLatentAttention",
+    "TuckerAttention",
+    "TuckerDecomposition",
+    "apply_rotary",
+    "attention_parameters",
+    "attention_tensors",
+    "bert_attention",
+    "compress",
+    "energy",
+    "from_torch_mha",
+    "hooi",
+    "hosvd",
+    "kv_cache_bytes",
+    "latent_form",
+    "minilm_config",
+    "minilm_path",
+    "minilm_state_dict",
+    "mode_spectra",
+    "relative_errors",
+    "rotary_frequencies",
+    "theoretical_ranks",
+    "to_tucker",
+    "tucker_ranks",
+    "unfold",
+]

@@ -1,0 +1,88 @@
+"""What every attention layer of this package shares: argument checks and the attention kernel.
+
+All four layers end in the same computation, softmax(Q K^T * scale) V over ``n_kv`` key/value heads
+shared by groups of query heads: MHA has ``n_kv = n_heads``, GQA ``n_kv`` groups, and MLA and Tucker
+Attention a single latent key/value pair for all heads (multi-query attention in the latent space).
+:func:`attend` runs it through ``F.scaled_dot_product_attention`` with the scale passed explicitly.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from structlab.tucker.cache import KVCache
+
+
+def attend(q: Tensor, k: Tensor, v: Tensor, *, causal: bool, past: int, scale: float, dropout: float) -> Tensor:
+    """Scaled dot-product attention of ``q`` (B, H, N, D) over ``k`` (B, H_kv, T, D), ``v`` (B, H_kv, T, Dv).
+
+    ``T = past + N``: the first ``past`` keys are cached positions, so query ``n`` sits at position
+    ``past + n`` and, when ``causal``, sees keys ``0 .. past + n``. Query head ``i`` uses key/value head
+    ``i // (H / H_kv)``. Returns (B, H, N, Dv).
+    """
+    batch, n_heads, seq, dim = q.shape
+    n_kv = k.shape[1]
+    group = n_heads // n_kv
+    needs_mask = causal and seq > 1
+    if group > 1 and not needs_mask:
+        # Without a mask every query of a group reads the same keys: stack the group's heads along the
+        # query axis and attend once per key/value head (one matrix product instead of `group`).
+        out = F.scaled_dot_product_attention(
+            q.reshape(batch, n_kv, group * seq, dim), k, v, dropout_p=dropout, scale=scale
+        )
+        return out.view(batch, n_heads, seq, v.shape[-1])
+    mask = None
+    if needs_mask and past > 0:
+        # Bottom-right aligned causal mask (is_causal aligns top-left, which is wrong after a cache).
+        rows = torch.arange(past, past + seq, device=q.device)[:, None]
+        mask = torch.arange(past + seq, device=q.device)[None, :] <= rows
+    return F.scaled_dot_product_attention(
+        q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=needs_mask and past == 0,
+        scale=scale, enable_gqa=group > 1,
+    )
+
+
+def head_dim(d_model: int, n_heads: int) -> int:
+    """d_H = d_model / n_heads; raises ``ValueError`` when it is not a positive integer."""
+    positive_int("d_model", d_model)
+    positive_int("n_heads", n_heads)
+    if d_model % n_heads:
+        raise ValueError(f"d_model={d_model} is not divisible by n_heads={n_heads}: expected d_model = n_heads * d_H")
+    return d_model // n_heads
+
+
+def positive_int(name: str, value: object) -> int:
+    """``value`` if it is a positive int, else ``TypeError``/``ValueError`` naming ``name``."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{name}={value!r}: expected a positive int")
+    if value <= 0:
+        raise ValueError(f"{name}={value}: expected a positive int")
+    return value
+
+
+def check_options(*, dropout: float, rope_base: float) -> None:
+    """Validate the keyword options every layer takes."""
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout={dropout!r}: expected a probability in [0, 1)")
+    if not rope_base > 1.0:
+        raise ValueError(f"rope_base={rope_base!r}: expected a number > 1")
+
+
+def check_input(x: Tensor, d_model: int, cache: KVCache | None, shapes: dict[str, tuple[int, int]]) -> int:
+    """Validate ``forward``'s arguments; return the number of cached positions (0 without a cache)."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"x: expected a torch.Tensor of shape (batch, seq, {d_model}); got {type(x).__name__}")
+    if x.dim() != 3 or x.shape[-1] != d_model:
+        raise ValueError(f"x has shape {tuple(x.shape)}: expected (batch, seq, d_model={d_model})")
+    if cache is None:
+        return 0
+    if not isinstance(cache, KVCache):
+        raise TypeError(f"cache: expected a KVCache from this layer's new_cache(); got {type(cache).__name__}")
+    if cache.shapes != shapes:
+        raise ValueError(
+            f"cache holds {cache.shapes} (name: (heads, dim)); this layer caches {shapes} "
+            "(a cache belongs to the layer that made it)"
+        )
+    return cache.length

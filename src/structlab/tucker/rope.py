@@ -1,0 +1,45 @@
+"""Rotary position embedding (RoPE), in the interleaved-pair form of RoFormer (Su et al., eq. 34).
+
+A vector's coordinates are taken in pairs ``(x[2j], x[2j+1])`` and the pair ``j`` is rotated by the
+angle ``position * theta_j``. Then ``<R_m q, R_n k> = <q, R_(n-m) k>``: scores depend only on the
+position difference. The paper's *latent RoPE* applies this rotation to the r3-dimensional query and
+key latents of Tucker Attention (and to the d_c-dimensional latent of MLA), with frequencies set by the
+latent size.
+
+Interleaved pairs (rather than the "rotate half" layout) keep every pair inside one contiguous block, so
+a per-head rotation of MHA/GQA is the same rotation applied to the concatenated keys with the
+frequencies tiled per block: this is what makes ``to_tucker`` exact for RoPE layers. A frequency of 0
+leaves its pair unrotated (used for MLA's decoupled RoPE, where only part of the latent rotates).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def rotary_frequencies(dim: int, base: float = 10000.0) -> Tensor:
+    """The angles per position ``theta_j = base^(-2j/dim)`` for ``j < dim/2`` (float64, shape (dim/2,)).
+
+    Raises ``ValueError`` for an odd or non-positive ``dim`` or a ``base`` <= 1.
+    """
+    if not isinstance(dim, int) or dim <= 0 or dim % 2:
+        raise ValueError(f"rotary dim={dim!r}: expected a positive even int (RoPE rotates pairs)")
+    if not base > 1.0:
+        raise ValueError(f"rope_base={base!r}: expected a number > 1")
+    return base ** (-torch.arange(0, dim, 2, dtype=torch.float64) / dim)
+
+
+def apply_rotary(x: Tensor, frequencies: Tensor, offset: int = 0) -> Tensor:
+    """Rotate the pairs of ``x`` (..., seq, dim) at positions ``offset, offset + 1, ...``.
+
+    ``frequencies`` has shape (dim/2,). The angles are computed in float64 and cast to ``x``'s dtype,
+    so positions in the thousands keep their precision.
+    """
+    seq = x.shape[-2]
+    positions = torch.arange(offset, offset + seq, dtype=torch.float64, device=x.device)
+    angles = positions[:, None] * frequencies.to(device=x.device, dtype=torch.float64)[None, :]
+    cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
+    pairs = x.unflatten(-1, (-1, 2))
+    even, odd = pairs[..., 0], pairs[..., 1]
+    return torch.stack((even * cos - odd * sin, even * sin + odd * cos), dim=-1).flatten(-2)

@@ -1,0 +1,236 @@
+"""Tucker Attention (arXiv 2603.30033): both attention tensors of a layer in Tucker form.
+
+Per head i of multi-head attention, W_i = W_i^Q W_i^K^T and W~_i = W_i^V W_i^O are d x d matrices;
+stacked over heads they form the query-key tensor W_qk (head, query, key) and the value-output tensor
+W_vo (head, output, value) with W_vo[i] = W~_i^T. Tucker Attention writes each as a Tucker product
+
+    W_qk = core   x_1 U_head   x_2 U_q x_3 U_k      core (r1, r2, r3), U_head (n_H, r1), U_q, U_k (d, r2|r3)
+    W_vo = core_v x_1 U_head_v x_2 U_o x_3 U_v      core_v (v1, v2, v3), U_head_v (n_H, v1), U_o, U_v (d, v2|v3)
+
+with 2 (r1 r2 r3 + n_H r1 + d r2 + d r3) parameters when both sides share their ranks.
+
+The layer never forms these tensors. With B_i = core x_1 U_head[i] (r2 x r3), the scores of head i are
+X U_q B_i (X U_k)^T, so the per-head queries Q_i = X U_q B_i live in the r3-dim key latent and
+K = X U_k is ONE key shared by every head; likewise V = X U_v is one value, and head i's output
+A_i V C_i^T U_o^T with C_i = core_v x_1 U_head_v[i] (v2 x v3). The layer is multi-query attention in
+the latent spaces: ``F.scaled_dot_product_attention`` with the scale 1/sqrt(d_H) of the equivalent MHA
+layer passed explicitly (the latent size r3 is not a head size), and a KV cache of r3 + v3 numbers
+per token (r3 with ``shared_latent``, where keys and values are the same latent X U_k).
+
+Latent RoPE rotates the r3-dim queries Q_i and the key latent K, so scores depend only on position
+differences and the cache stays r3-dimensional.
+
+Biases (``bias=True``) sit on the latents, as MHA's sit on its projections: Q_i = X U_q B_i +
+``query_bias[i]`` (n_H, r3), K = X U_k + ``key_bias`` (r3), V = X U_v + ``value_bias`` (v3; with a shared
+latent V = K), and ``output_bias`` (d). Without RoPE only the query bias changes the attention weights
+(it adds b_i K^T to head i's scores; the key bias shifts all scores of a row equally, which softmax
+ignores) and the value bias is an output bias (rows of softmax sum to one); with RoPE the key bias is
+rotated with its position and does matter. ``to_tucker`` carries the biases of MHA, GQA and MLA over
+exactly; ``compress`` keeps the query bias's effect on the scores (projected on the new key latent)
+and folds the value bias into the output bias.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from structlab.tucker.attention import attend, check_input, check_options, head_dim, positive_int
+from structlab.tucker.cache import KVCache
+from structlab.tucker.rope import apply_rotary, rotary_frequencies
+
+Ranks = tuple[int, int, int]
+
+
+def check_ranks(name: str, ranks: object, n_heads: int, d_model: int) -> Ranks:
+    """``ranks`` as a triple (head, query|output, key|value), each between 1 and its mode's size."""
+    if not isinstance(ranks, (tuple, list)) or len(ranks) != 3:
+        raise TypeError(f"{name}={ranks!r}: expected a triple of ints (r1, r2, r3)")
+    for rank, mode, size in zip(ranks, ("head", "second", "third"), (n_heads, d_model, d_model), strict=True):
+        positive_int(f"{name} ({mode} mode)", rank)
+        if rank > size:
+            raise ValueError(
+                f"{name}={tuple(ranks)}: the {mode}-mode rank {rank} exceeds that mode's size {size} "
+                f"(the modes have sizes (n_heads, d_model, d_model) = {(n_heads, d_model, d_model)})"
+            )
+    return (int(ranks[0]), int(ranks[1]), int(ranks[2]))
+
+
+class TuckerAttention(nn.Module):
+    """Tucker Attention with query-key ranks ``ranks`` and value-output ranks ``value_ranks``.
+
+    Args:
+        d_model: model width d.
+        n_heads: heads n_H; d_H = d / n_H sets the score scale 1/sqrt(d_H).
+        ranks: (r1, r2, r3) of W_qk in mode order (head, query, key); r3 is the key latent size.
+        value_ranks: (v1, v2, v3) of W_vo in mode order (head, output, value); default ``ranks``.
+            v3 is the value latent size.
+        causal, bias, dropout, rope_base: as in :class:`~structlab.tucker.MultiHeadAttention`.
+        rope: latent RoPE on the r3-dim query and key latents (r3 must be even).
+        shared_latent: keys and values are one latent X U_k (needs v3 = r3): U_v is U_k, and the cache
+            holds r3 numbers per token.
+        rope_frequencies: RoPE angle per latent pair, shape (r3/2,); default
+            ``rotary_frequencies(r3, rope_base)``. :func:`~structlab.tucker.to_tucker` sets it to carry a
+            per-head RoPE over exactly.
+
+    ``forward(x, cache=None)``: x (batch, seq, d) -> (batch, seq, d); the cache holds ``k`` and ``v``
+    (batch, 1, N, r3 | v3), or ``kv`` (batch, 1, N, r3, unrotated) with a shared latent.
+
+    Raises ``ValueError`` for a rank larger than its mode, an odd r3 with RoPE, a shared latent with
+    v3 != r3, or d not divisible by n_H.
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        n_heads: int,
+        ranks: Ranks,
+        value_ranks: Ranks | None = None,
+        *,
+        causal: bool = True,
+        rope: bool = False,
+        bias: bool = False,
+        dropout: float = 0.0,
+        rope_base: float = 10000.0,
+        shared_latent: bool = False,
+        rope_frequencies: Tensor | None = None,
+    ) -> None:
+        super().__init__()
+        self.head_dim = head_dim(d_model, n_heads)
+        self.ranks = check_ranks("ranks", ranks, n_heads, d_model)
+        self.value_ranks = check_ranks("value_ranks", value_ranks if value_ranks is not None else ranks,
+                                       n_heads, d_model)
+        check_options(dropout=dropout, rope_base=rope_base)
+        r1, r2, r3 = self.ranks
+        v1, v2, v3 = self.value_ranks
+        if shared_latent and v3 != r3:
+            raise ValueError(
+                f"shared_latent=True needs the value rank v3 equal to the key rank r3; got value_ranks="
+                f"{self.value_ranks}, ranks={self.ranks}"
+            )
+        if rope and r3 % 2:
+            raise ValueError(f"ranks={self.ranks}: latent RoPE rotates pairs, expected an even key rank r3")
+        if rope_frequencies is not None and (not rope or tuple(rope_frequencies.shape) != (r3 // 2,)):
+            raise ValueError(
+                f"rope_frequencies of shape {tuple(rope_frequencies.shape)}: expected shape ({r3 // 2},) "
+                "with rope=True"
+            )
+        self.d_model, self.n_heads = d_model, n_heads
+        self.causal, self.rope, self.bias, self.dropout, self.rope_base = causal, rope, bias, dropout, rope_base
+        self.shared_latent = shared_latent
+        self.core = nn.Parameter(torch.empty(r1, r2, r3))
+        self.U_head = nn.Parameter(torch.empty(n_heads, r1))
+        self.U_q = nn.Parameter(torch.empty(d_model, r2))
+        self.U_k = nn.Parameter(torch.empty(d_model, r3))
+        self.core_v = nn.Parameter(torch.empty(v1, v2, v3))
+        self.U_head_v = nn.Parameter(torch.empty(n_heads, v1))
+        self.U_o = nn.Parameter(torch.empty(d_model, v2))
+        self.U_v = None if shared_latent else nn.Parameter(torch.empty(d_model, v3))
+        self.query_bias = nn.Parameter(torch.zeros(n_heads, r3)) if bias else None
+        self.key_bias = nn.Parameter(torch.zeros(r3)) if bias else None
+        self.value_bias = nn.Parameter(torch.zeros(v3)) if bias and not shared_latent else None
+        self.output_bias = nn.Parameter(torch.zeros(d_model)) if bias else None
+        self.resid_dropout = nn.Dropout(dropout)
+        if rope:
+            frequencies = rotary_frequencies(r3, rope_base) if rope_frequencies is None else rope_frequencies
+            self.register_buffer("rope_frequencies", frequencies.to(torch.float64))
+        else:
+            self.rope_frequencies = None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Random factors scaled so that latents, queries and the output have about unit variance.
+
+        Factor matrices ~ N(0, 1/fan_in) (fan_in = d for U_q, U_k, U_v; v2 for U_o; r1 or v1 for the
+        head factors), cores ~ N(0, 1/r2) and N(0, 1/(n_H v3)); biases zero.
+        """
+        r1, r2, _ = self.ranks
+        v1, v2, v3 = self.value_ranks
+        d = self.d_model
+        with torch.no_grad():
+            self.U_q.normal_(0.0, d**-0.5)
+            self.U_k.normal_(0.0, d**-0.5)
+            self.U_head.normal_(0.0, r1**-0.5)
+            self.core.normal_(0.0, r2**-0.5)
+            if self.U_v is not None:
+                self.U_v.normal_(0.0, d**-0.5)
+            self.U_head_v.normal_(0.0, v1**-0.5)
+            self.core_v.normal_(0.0, (self.n_heads * v3) ** -0.5)
+            self.U_o.normal_(0.0, v2**-0.5)
+            for b in (self.query_bias, self.key_bias, self.value_bias, self.output_bias):
+                if b is not None:
+                    b.zero_()
+
+    @property
+    def value_factor(self) -> Tensor:
+        """U_v (d, v3): U_k itself with a shared latent."""
+        return self.U_k if self.U_v is None else self.U_v
+
+    @property
+    def cache_shapes(self) -> dict[str, tuple[int, int]]:
+        """(heads, dim) of each cached tensor: one head, the latent sizes."""
+        if self.shared_latent:
+            return {"kv": (1, self.ranks[2])}
+        return {"k": (1, self.ranks[2]), "v": (1, self.value_ranks[2])}
+
+    def new_cache(self) -> KVCache:
+        """An empty cache of the key and value latents (one latent ``kv`` when shared)."""
+        return KVCache(self.cache_shapes)
+
+    def query_cores(self) -> Tensor:
+        """B_i = core x_1 U_head[i] for every head: (n_H, r2, r3)."""
+        return torch.einsum("ia,abc->ibc", self.U_head, self.core)
+
+    def value_cores(self) -> Tensor:
+        """C_i = core_v x_1 U_head_v[i] for every head: (n_H, v2, v3); W_vo[i] = U_o C_i U_v^T."""
+        return torch.einsum("ia,abc->ibc", self.U_head_v, self.core_v)
+
+    def forward(self, x: Tensor, cache: KVCache | None = None) -> Tensor:
+        past = check_input(x, self.d_model, cache, self.cache_shapes)
+        batch, seq, _ = x.shape
+        r2, r3 = self.ranks[1], self.ranks[2]
+        v2, v3 = self.value_ranks[1], self.value_ranks[2]
+        # Q_i = X U_q B_i, all heads in one product: (B, N, r2) @ (r2, n_H r3).
+        b_stack = self.query_cores().permute(1, 0, 2).reshape(r2, self.n_heads * r3)
+        q = ((x @ self.U_q) @ b_stack).view(batch, seq, self.n_heads, r3)
+        if self.query_bias is not None:
+            q = q + self.query_bias
+        q = q.transpose(1, 2)  # (B, n_H, N, r3)
+        k = x @ self.U_k  # one key latent for all heads
+        if self.key_bias is not None:
+            k = k + self.key_bias
+        k = k.unsqueeze(1)  # (B, 1, N, r3)
+        if self.rope:
+            q = apply_rotary(q, self.rope_frequencies, past)
+        if self.shared_latent:
+            if cache is not None:
+                (k,) = cache.append(kv=k).values()
+            v = k
+            if self.rope:  # rotate the keys only; the cached latent stays unrotated for the values
+                k = apply_rotary(k, self.rope_frequencies, 0)
+        else:
+            v = x @ self.U_v
+            if self.value_bias is not None:
+                v = v + self.value_bias
+            v = v.unsqueeze(1)  # (B, 1, N, v3)
+            if self.rope:
+                k = apply_rotary(k, self.rope_frequencies, past)
+            if cache is not None:
+                k, v = cache.append(k=k, v=v).values()
+        y = attend(
+            q, k, v, causal=self.causal, past=past, scale=self.head_dim**-0.5,
+            dropout=self.dropout if self.training else 0.0,
+        )  # A_i V: (B, n_H, N, v3)
+        # sum_i A_i V C_i^T U_o^T: heads side by side against the stacked C_i^T, (n_H v3, v2).
+        c_stack = self.value_cores().transpose(1, 2).reshape(self.n_heads * v3, v2)
+        out = (y.transpose(1, 2).reshape(batch, seq, self.n_heads * v3) @ c_stack) @ self.U_o.T
+        if self.output_bias is not None:
+            out = out + self.output_bias
+        return self.resid_dropout(out)
+
+    def extra_repr(self) -> str:
+        return (
+            f"d_model={self.d_model}, n_heads={self.n_heads}, ranks={self.ranks}, value_ranks={self.value_ranks}, "
+            f"causal={self.causal}, rope={self.rope}, bias={self.bias}, shared_latent={self.shared_latent}"
+        )
+
