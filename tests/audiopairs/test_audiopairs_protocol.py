@@ -49,7 +49,7 @@ def test_duplicates_in_the_shared_corpus_are_removed_before_splitting():
 
 
 @needs_audio
-@pytest.mark.parametrize("grouping", ["recording", "uploader", "source"])
+@pytest.mark.parametrize("grouping", ["recording", "uploader", "uploader-or-source", "source"])
 def test_folds_never_put_one_recording_uploader_or_source_file_in_train_and_test(grouping):
     recs, _ = drop_duplicates(from_manifest(AUDIO.path))
     groups = recording_groups(recs, grouping)
@@ -66,7 +66,7 @@ def test_folds_never_put_one_recording_uploader_or_source_file_in_train_and_test
                     out |= {r.sha256, r.path.as_posix()} | {f"fs:{x}" for x in r.freesound_ids}
                     if grouping != "recording":
                         out |= {f"up:{u.casefold()}" for u in r.uploaders}
-                    if grouping == "source":
+                    if grouping == "source" or (grouping == "uploader-or-source" and not r.uploaders):
                         out.add(r.source)
                 return out
 

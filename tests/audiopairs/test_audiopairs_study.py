@@ -17,19 +17,21 @@ AUDIO = data.find("audio")
 @pytest.mark.skipif(AUDIO is None, reason="shared audio corpus not found (set STRUCTLAB_DATA)")
 def test_tiny_studies_write_tables_figures_and_claims(tmp_path, monkeypatch):
     keep_nouns = {"kick", "snare", "industry", "traffic", "wolf", "orc", "magic", "bird", "jet"}
-    real_from_manifest = studies.from_manifest
+    real_from_corpus = studies.from_corpus
 
-    def slice_of_manifest(folder):
+    def slice_of_corpus(corpus):
+        recordings, duplicates = real_from_corpus(corpus)
+        assert any(d.reason == "same audio" for d in duplicates)  # the corpus's fingerprint de-duplication ran
         return [
-            r for r in real_from_manifest(folder)
+            r for r in recordings
             if r.noun in keep_nouns or r.modifier in ("soft", "hard") or (r.kind == "vnp" and "wesnoth" not in r.source)
-        ]
+        ], duplicates
 
     tiny = studies.StudyScale(
         recognisers=[Recogniser("logreg", "mfcc"), Recogniser("linear-svm", "mfcc")],
         detector_repeats=1, seeds=[0], min_pair_groups=4, min_noun_groups=5, curve_sizes=(1, 2),
     )
-    monkeypatch.setattr(studies, "from_manifest", slice_of_manifest)
+    monkeypatch.setattr(studies, "from_corpus", slice_of_corpus)
     monkeypatch.setattr(studies, "_scale", lambda ctx: tiny)
     monkeypatch.setattr(feats, "default_cache_dir", lambda: tmp_path / "cache")
 

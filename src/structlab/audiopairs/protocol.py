@@ -5,6 +5,8 @@ scored on audio it has heard. :func:`recording_groups` joins files (union-find) 
 
 - ``"recording"``: the same bytes (SHA-256) or the same freesound recording (any freesound id);
 - ``"uploader"`` (the default): the above, or an uploader (one person's microphone, room and editing);
+- ``"uploader-or-source"``: as ``"uploader"``, but a file whose uploader is unknown joins its source
+  package (the corpus's split rule, :func:`structlab.audiopairs.splits.groups`);
 - ``"source"``: the above, or the package or collection the file came from.
 
 Duplicates are removed before this (:func:`~structlab.audiopairs.recordings.drop_duplicates`). Folds
@@ -20,7 +22,7 @@ import numpy as np
 
 from structlab.audiopairs.recordings import Recording
 
-GROUPINGS: tuple[str, ...] = ("recording", "uploader", "source")
+GROUPINGS: tuple[str, ...] = ("recording", "uploader", "uploader-or-source", "source")
 
 Fold = tuple[np.ndarray, np.ndarray]  # (train indices, test indices)
 
@@ -44,9 +46,9 @@ class _UnionFind:
 def group_keys(rec: Recording, grouping: str) -> list[str]:
     """The keys that tie ``rec`` to other files under ``grouping`` (see the module docstring)."""
     keys = [f"sha256:{rec.sha256}"] + [f"freesound:{i}" for i in rec.freesound_ids]
-    if grouping in ("uploader", "source"):
+    if grouping != "recording":
         keys += [f"uploader:{u.casefold()}" for u in rec.uploaders]
-    if grouping == "source":
+    if grouping == "source" or (grouping == "uploader-or-source" and not rec.uploaders):
         keys.append(f"source:{rec.source}")
     return keys
 

@@ -125,3 +125,57 @@ def drop_duplicates(
             first[key] = rec
             kept.append(rec)
     return kept, removed
+
+
+def from_corpus(corpus) -> tuple[list[Recording], list[Duplicate]]:
+    """The decodable files of a :class:`~structlab.audiopairs.corpus.Corpus`, without the duplicates it marked.
+
+    A file's pair comes from its kept link (the first, if several); files without one are plain labels,
+    whose noun is read from the manifest they were imported with, where it has a ``noun`` column.
+    Returns (recordings, duplicates), the duplicates as the corpus's de-duplication marked them.
+    """
+    pairs: dict[int, tuple[str, str, str]] = {}
+    for row in corpus.query(
+        "SELECT l.sound_id, p.modifier, p.noun, p.kind FROM links l JOIN pairs p ON p.id = l.pair_id "
+        "WHERE l.kept = 1 ORDER BY l.sound_id, p.id"
+    ):
+        pairs.setdefault(row["sound_id"], (row["modifier"], row["noun"], row["kind"]))
+    nouns = _manifest_nouns(corpus)
+    by_id: dict[int, Recording] = {}
+    marked: list[tuple[int, int, str]] = []
+    for row in corpus.sounds("path IS NOT NULL AND decode_error IS NULL"):
+        path = corpus.file_path(row)
+        modifier, noun, kind = pairs.get(row["id"], ("", nouns.get(str(path), ""), "none"))
+        ids = [row["freesound_id"]] if row["freesound_id"] is not None else []
+        ids += [i for i in (row["origin_ids"] or "").split(";") if i]
+        by_id[row["id"]] = Recording(
+            path=path,
+            sha256=row["sha256"] or "",
+            label=row["label"] or row["name"] or "",
+            noun=noun,
+            modifier=modifier,
+            kind=kind,
+            source=row["source"] or "",
+            uploader=row["uploader"] or "",
+            freesound_ids=tuple(str(i) for i in dict.fromkeys(ids)),
+            duration_s=float(row["decoded_duration"] or row["duration"] or 0.0),
+        )
+        if row["duplicate_of"] is not None:
+            marked.append((row["id"], row["duplicate_of"], row["duplicate_level"]))
+    removed = {sid for sid, _, _ in marked}
+    duplicates = [Duplicate(by_id[s], by_id[k], f"same {level}") for s, k, level in marked if k in by_id]
+    return [r for sid, r in by_id.items() if sid not in removed], duplicates
+
+
+def _manifest_nouns(corpus) -> dict[str, str]:
+    """Absolute file path -> noun, from the manifests of the corpus's imports that have a noun column."""
+    out: dict[str, str] = {}
+    for imp in corpus.query("SELECT root, manifest FROM imports"):
+        manifest = Path(imp["manifest"])
+        if not manifest.is_file():
+            continue
+        with open(manifest, newline="", encoding="utf-8") as handle:
+            for row in csv.DictReader(handle):
+                if row.get("noun"):
+                    out[str(Path(imp["root"]) / row["path"])] = row["noun"].strip()
+    return out
