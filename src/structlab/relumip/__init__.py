@@ -4,15 +4,26 @@ A trained network (:class:`ReluNetwork`, from PyTorch or ONNX) is kept apart fro
 pre-activation bounds (:func:`interval_bounds`, :func:`lp_bounds`, :func:`milp_bounds`), the big-M
 :class:`Formulation` (clipped ReLU included, stable neurons without binaries), solved by HiGHS or SCIP
 (:func:`optimize`), plus the paper's levers and indicators: :func:`rescale`, :func:`stable_fraction`,
-:func:`count_linear_regions` and regularised training (:func:`train`).
+:func:`count_linear_regions` and regularised training (:func:`train`, imported on first use because it
+needs torch).
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 from structlab.relumip.bounds import Bounds, interval_bounds, lp_bounds, milp_bounds, stable_fraction
-from structlab.relumip.formulation import Formulation, LayerVars, Solution, optimize
+from structlab.relumip.formulation import Formulation, LayerVars, Solution, encode_layer, optimize
 from structlab.relumip.model import Model
 from structlab.relumip.network import Layer, ReluNetwork
+from structlab.relumip.regions import (
+    RegionEstimate,
+    count_linear_regions,
+    estimate_linear_regions,
+    linear_regions,
+    plot_linear_regions,
+)
+from structlab.relumip.rescale import rescale
 from structlab.relumip.solvers import (
     InfeasibleError,
     SolveError,
@@ -21,8 +32,20 @@ from structlab.relumip.solvers import (
     UnboundedError,
 )
 
+_TRAINING = ("TrainConfig", "TrainResult", "train", "indicators", "relu_stability_loss", "build_mlp")
+
 __all__ = [
-    "Bounds", "Formulation", "InfeasibleError", "Layer", "LayerVars", "Model", "ReluNetwork", "Solution",
-    "SolveError", "SolverOptions", "TimeLimitError", "UnboundedError", "interval_bounds", "lp_bounds",
-    "milp_bounds", "optimize", "stable_fraction",
+    "Bounds", "Formulation", "InfeasibleError", "Layer", "LayerVars", "Model", "RegionEstimate",
+    "ReluNetwork", "Solution", "SolveError", "SolverOptions", "TimeLimitError", "UnboundedError",
+    "count_linear_regions", "encode_layer", "estimate_linear_regions", "interval_bounds", "linear_regions",
+    "lp_bounds", "milp_bounds", "optimize", "plot_linear_regions", "rescale", "stable_fraction", *_TRAINING,
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # training needs torch; OBBT worker processes import this package and should not pay for it
+    if name in _TRAINING:
+        from structlab.relumip import training
+
+        return getattr(training, name)
+    raise AttributeError(f"module 'structlab.relumip' has no attribute {name!r}")

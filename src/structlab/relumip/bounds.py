@@ -21,8 +21,10 @@ from __future__ import annotations
 import math
 import multiprocessing
 import time
+import warnings
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Any
 
@@ -231,32 +233,42 @@ class _Workers:
     ) -> tuple[np.ndarray, np.ndarray]:
         n = rows.shape[0]
         probe = min(n, 4 if self.n_jobs > 1 else n)
-        t = time.perf_counter()
-        lo, hi = bound_rows(model, cols, rows[:probe], mip, time_limit)
-        per_row = (time.perf_counter() - t) / max(probe, 1)
+        lo, hi, seconds = bound_rows(model, cols, rows[:probe], mip, time_limit)
         rest = n - probe
         if rest == 0:
             return lo, hi
-        if self.n_jobs == 1 or per_row * rest < PARALLEL_MIN_SECONDS:
-            lo2, hi2 = bound_rows(model, cols, rows[probe:], mip, time_limit)
-        else:
-            if self.executor is None:
-                self.executor = ProcessPoolExecutor(self.n_jobs, mp_context=multiprocessing.get_context("spawn"))
-            chunks = np.array_split(np.arange(probe, n), self.n_jobs)
-            futures = [self.executor.submit(bound_rows, model, cols, rows[c], mip, time_limit)
-                       for c in chunks if c.size]
-            parts = [f.result() for f in futures]
-            lo2 = np.concatenate([p[0] for p in parts])
-            hi2 = np.concatenate([p[1] for p in parts])
+        if self.n_jobs > 1 and seconds / probe * rest >= PARALLEL_MIN_SECONDS:
+            try:
+                lo2, hi2 = self._in_pool(model, cols, rows[probe:], mip, time_limit)
+                return np.concatenate([lo, lo2]), np.concatenate([hi, hi2])
+            except BrokenProcessPool:
+                warnings.warn(
+                    "bound tightening: worker processes failed to start; solving serially. A script that "
+                    "calls lp_bounds/milp_bounds must guard its top level with `if __name__ == '__main__':` "
+                    "(worker processes are started with 'spawn').", RuntimeWarning, stacklevel=4,
+                )
+                self.n_jobs = 1
+        lo2, hi2, _ = bound_rows(model, cols, rows[probe:], mip, time_limit)
         return np.concatenate([lo, lo2]), np.concatenate([hi, hi2])
+
+    def _in_pool(
+        self, model: Model, cols: np.ndarray, rows: np.ndarray, mip: bool, time_limit: float | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        if self.executor is None:
+            self.executor = ProcessPoolExecutor(self.n_jobs, mp_context=multiprocessing.get_context("spawn"))
+        chunks = [c for c in np.array_split(np.arange(rows.shape[0]), self.n_jobs) if c.size]
+        futures = [self.executor.submit(bound_rows, model, cols, rows[c], mip, time_limit) for c in chunks]
+        parts = [f.result() for f in futures]
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
 def bound_rows(
     model: Model, cols: np.ndarray, rows: np.ndarray, mip: bool, time_limit: float | None
-) -> tuple[np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, float]:
     """Sound ``min`` and ``max`` of ``rows[i] @ v[cols]`` over ``model``'s feasible set, for every row i.
 
-    One HiGHS model is built and re-solved with new costs (a warm-started simplex for LPs).
+    One HiGHS model is built and re-solved with new costs (a warm-started simplex for LPs). Returns
+    ``(lower, upper, seconds)``, the last being the time spent in the solver.
     """
     from scipy.sparse import csr_matrix
 
@@ -273,19 +285,22 @@ def bound_rows(
     all_cols = np.arange(n, dtype=np.int32)
     lower = np.empty(rows.shape[0])
     upper = np.empty(rows.shape[0])
+    seconds = 0.0
     for i, w in enumerate(rows):
         for sign, out in ((1.0, lower), (-1.0, upper)):
             c = np.zeros(n)
             c[cols] = sign * w
             highs.changeColsCost(n, all_cols, c)
+            start = time.perf_counter()
             highs.run()
+            seconds += time.perf_counter() - start
             if mip:
                 bound = float(highs.getInfo().mip_dual_bound)
                 bound -= _MILP_TOL * (1.0 + abs(bound))
             else:
                 bound = _dual_bound(highs, A, c, row_lo, row_hi, col_lo, col_hi)
             out[i] = sign * bound
-    return lower, upper
+    return lower, upper, seconds
 
 
 def _dual_bound(

@@ -10,6 +10,8 @@ raise :class:`InfeasibleError` / :class:`UnboundedError`; a time-out is a result
 from __future__ import annotations
 
 import math
+import os
+import sys
 import time
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -124,10 +126,33 @@ def _highspy() -> Any:
     return highspy
 
 
+_BANNER_SHOWN = False
+
+
+def _new_highs() -> Any:
+    """A ``highspy.Highs``; the first one of a process prints a banner to fd 1, which would corrupt JSON
+    printed by benchmarks and commands, so it is sent to /dev/null."""
+    global _BANNER_SHOWN
+    highspy = _highspy()
+    if _BANNER_SHOWN:
+        return highspy.Highs()
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 1)
+            h = highspy.Highs()
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+    _BANNER_SHOWN = True
+    return h
+
+
 def highs_model(model: Model, names: bool = False) -> Any:
     """A silent ``highspy.Highs`` holding ``model`` (with variable names if ``names``)."""
     highspy = _highspy()
-    h = highspy.Highs()
+    h = _new_highs()
     h.setOptionValue("output_flag", False)
     n = model.num_variables
     h.addVars(n, model.col_lower, model.col_upper)
