@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
-import tempfile
 import time
 
 import numpy as np
@@ -29,12 +27,6 @@ from structlab import data, runtime
 from structlab.audiopairs import features as feats
 from structlab.audiopairs.recordings import from_manifest
 from structlab.results import Claim, StudyResult, Table, finish
-
-
-def _cpu_seconds() -> float:
-    own = resource.getrusage(resource.RUSAGE_SELF)
-    children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def _librosa_baseline(paths, cfg: feats.FeatureConfig) -> tuple[float, float]:
@@ -63,30 +55,14 @@ def main(argv: list[str] | None = None) -> dict:
     # Warm librosa's lazy imports in this process, so the baseline is not charged for them either.
     feats.compute_features(np.zeros(cfg.sr, dtype=np.float32), cfg)
 
-    with tempfile.TemporaryDirectory(prefix="structlab-features-") as cache:
-        cold, warm = feats.ExtractionStats(), feats.ExtractionStats()
-        cpu0, t0 = _cpu_seconds(), time.perf_counter()
-        feats.extract(paths, cfg, shas, cache, n_jobs=args.workers, progress=False, stats=cold)
-        cold_s, cold_cpu = time.perf_counter() - t0, _cpu_seconds() - cpu0
-        t0 = time.perf_counter()
-        feats.extract(paths, cfg, shas, cache, n_jobs=args.workers, progress=False, stats=warm)
-        warm_s = time.perf_counter() - t0
+    m = feats.measure_extraction(paths, shas, cfg, n_jobs=args.workers)
     base_audio, base_s = _librosa_baseline(paths[::4], cfg)
 
-    audio_s = cold.audio_seconds_computed
-    per_core = audio_s / (cold_s * cold.workers)
-    per_cpu = audio_s / cold_cpu
+    audio_s, cold_s, warm_s, workers = m["audio_seconds"], m["cold_seconds"], m["warm_seconds"], m["workers"]
+    per_core, per_cpu = m["x_realtime_per_core"], m["x_realtime_per_cpu_second"]
     baseline_per_core = base_audio / base_s
     out = {
-        "files": len(paths),
-        "audio_seconds": round(audio_s, 1),
-        "workers": cold.workers,
-        "cold_seconds": round(cold_s, 3),
-        "cold_cpu_seconds": round(cold_cpu, 3),
-        "warm_seconds": round(warm_s, 3),
-        "x_realtime_per_core": round(per_core, 1),
-        "x_realtime_per_cpu_second": round(per_cpu, 1),
-        "warm_speedup": round(cold_s / warm_s, 1),
+        **{k: round(v, 3) for k, v in m.items()},
         "baseline_librosa_x_realtime_per_core": round(baseline_per_core, 1),
         "speedup_vs_librosa_baseline_per_core": round(per_core / baseline_per_core, 2),
     }
@@ -97,9 +73,9 @@ def main(argv: list[str] | None = None) -> dict:
         study="bench_features",
         title="Feature extraction speed over the shared audio corpus",
         scale="full",
-        summary=f"{per_core:.0f}x real time per core cold ({cold.workers} workers), warm cache "
+        summary=f"{per_core:.0f}x real time per core cold ({workers} workers), warm cache "
         f"{cold_s / warm_s:.0f}x faster than cold.",
-        config={"features": cfg.__dict__, "workers": cold.workers, "baseline_files": len(paths[::4])},
+        config={"features": cfg.__dict__, "workers": workers, "baseline_files": len(paths[::4])},
         data=[corpus.as_record()],
         metrics=out,
         tables=[Table(
@@ -109,7 +85,7 @@ def main(argv: list[str] | None = None) -> dict:
                 ["cold (decode + frames + cache write)", len(paths), round(audio_s, 1), round(cold_s, 2),
                  round(per_core, 1)],
                 ["warm (cache read)", len(paths), round(audio_s, 1), round(warm_s, 3),
-                 round(audio_s / (warm_s * cold.workers), 1)],
+                 round(audio_s / (warm_s * workers), 1)],
                 ["baseline: librosa.load + mfcc + melspectrogram, 1 process", len(paths[::4]), round(base_audio, 1),
                  round(base_s, 2), round(baseline_per_core, 1)],
             ],

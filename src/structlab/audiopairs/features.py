@@ -307,3 +307,45 @@ def extract(
             if pool is not None:
                 pool.shutdown(cancel_futures=True)
     return out  # type: ignore[return-value]  # every slot is filled above
+
+
+def measure_extraction(
+    paths: Sequence[str | os.PathLike[str]],
+    checksums: Sequence[str],
+    cfg: FeatureConfig = FeatureConfig(),
+    n_jobs: int | None = None,
+) -> dict[str, float]:
+    """Time :func:`extract` over ``paths`` twice, into an empty cache (cold) and again from it (warm).
+
+    Returns seconds of audio, wall and CPU seconds (this process and its workers) of the cold run, wall
+    seconds of the warm run, the number of workers and the derived ``x_realtime_per_core`` (audio
+    seconds / (cold wall seconds x workers)), ``x_realtime_per_cpu_second`` and ``warm_speedup``.
+    """
+    import resource
+    import tempfile
+    import time
+
+    def cpu() -> float:
+        own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+    with tempfile.TemporaryDirectory(prefix="structlab-features-") as cache:
+        cold, warm = ExtractionStats(), ExtractionStats()
+        cpu0, t0 = cpu(), time.perf_counter()
+        extract(paths, cfg, checksums, cache, n_jobs=n_jobs, progress=False, stats=cold)
+        cold_s, cold_cpu = time.perf_counter() - t0, cpu() - cpu0
+        t0 = time.perf_counter()
+        extract(paths, cfg, checksums, cache, n_jobs=n_jobs, progress=False, stats=warm)
+        warm_s = time.perf_counter() - t0
+    audio_s = cold.audio_seconds_computed
+    return {
+        "files": len(paths),
+        "audio_seconds": audio_s,
+        "workers": cold.workers,
+        "cold_seconds": cold_s,
+        "cold_cpu_seconds": cold_cpu,
+        "warm_seconds": warm_s,
+        "x_realtime_per_core": audio_s / (cold_s * cold.workers),
+        "x_realtime_per_cpu_second": audio_s / cold_cpu,
+        "warm_speedup": cold_s / warm_s,
+    }

@@ -257,3 +257,10 @@ def detect_pair(
         for name, cv in cross_validate(recognisers, table, rows, y, folds, seed=seed).items():
             result.accuracy[name] += cv.accuracy
     return result
+
+
+def register_commands(subparsers) -> None:
+    """Add ``features``, ``bench`` and ``recognise`` to ``structlab audiopairs`` (called by its cli module)."""
+    from structlab.audiopairs.recognition_cli import register_commands as register
+
+    register(subparsers)
