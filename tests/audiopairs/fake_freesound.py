@@ -10,9 +10,9 @@ Range support, and the bytes are real clips from the shared audio corpus.
 
 Faults on demand: ``throttle``: API request numbers answered 429 with ``Retry-After``; ``fail``: request
 numbers answered 503; ``drop_once``: sound ids whose first preview download stops half-way;
-``block``: sound ids whose preview download hangs (until ``release`` is set) after half the bytes, so a
-test can kill the client mid-download. It counts what it served: ``pages_served[(query, page)]``,
-``previews_completed[id]``, ``preview_bytes[id]``.
+``block``: sound ids whose first preview download hangs (until ``release`` is set) after half the bytes,
+so a test can kill the client mid-download or let it time out. It counts what it served:
+``pages_served[(query, page)]``, ``previews_completed[id]``, ``preview_bytes[id]``.
 """
 
 from __future__ import annotations
@@ -166,7 +166,7 @@ class FakeFreesound:
 
     def matches(self, clip: Clip, query: str, filt: str) -> bool:
         """Every query term among the clip's tags or name words; the filter's duration and licence."""
-        words = set(clip.tags) | set(re.split(r"\W+", clip.name.lower()))
+        words = set(re.split(r"[\W_]+", " ".join([*clip.tags, clip.name]).lower()))
         if not all(term.lower() in words for term in query.split()):
             return False
         m = re.search(r"duration:\[([\d.*]+) TO ([\d.*]+)\]", filt)
@@ -232,6 +232,7 @@ class FakeFreesound:
             drop = sound_id in self.drop_once
             self.drop_once.discard(sound_id)
             hang = sound_id in self.block
+            self.block.discard(sound_id)
         if drop or hang:
             half = body[: len(body) // 2]
             h.wfile.write(half)

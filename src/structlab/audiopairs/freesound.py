@@ -338,19 +338,22 @@ class FreesoundClient:
         except ValueError as err:
             raise FreesoundError(f"sound {sound_id}: answer is not JSON ({err})") from None
 
-    def download(self, url: str, dest: Path, chunk: int = 1 << 16) -> int:
+    def download(self, url: str, dest: Path) -> int:
         """Download ``url`` (a preview) into ``dest``, resuming a partial ``dest`` with an HTTP Range.
 
         A connection that drops mid-file is retried from where it stopped. Returns the file's size.
         The caller renames ``dest`` into place once it has checked it.
         """
         import requests
+        import urllib3
 
         dest = Path(dest)
         dest.parent.mkdir(parents=True, exist_ok=True)
         for attempt in range(self.max_retries + 1):
             have = dest.stat().st_size if dest.exists() else 0
-            headers = {"Range": f"bytes={have}-"} if have else None
+            headers = {"Accept-Encoding": "identity"}  # the bytes as stored, so ranges and checksums hold
+            if have:
+                headers["Range"] = f"bytes={have}-"
             response = self._request(url, stream=True, headers=headers)
             try:
                 if response.status_code == 416:  # asked past the end: the file is complete
@@ -359,7 +362,8 @@ class FreesoundClient:
                 expected = response.headers.get("Content-Length")
                 with open(dest, "ab" if append else "wb") as out:
                     got = 0
-                    for block in response.iter_content(chunk):
+                    # read1: whatever has arrived, so bytes before a dropped connection are kept for resuming
+                    while block := response.raw.read1(1 << 16):
                         out.write(block)
                         got += len(block)
                     out.flush()
@@ -367,7 +371,8 @@ class FreesoundClient:
                 if expected is not None and got != int(expected):
                     raise requests.ConnectionError(f"got {got} of {expected} bytes")
                 return dest.stat().st_size
-            except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as err:
+            except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError, urllib3.exceptions.HTTPError,
+                    OSError) as err:
                 if attempt == self.max_retries:
                     raise FreesoundError(
                         f"download of {self._scrub(url)} kept failing: {self._scrub(str(err))}"
