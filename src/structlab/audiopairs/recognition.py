@@ -159,12 +159,16 @@ def cross_validate(
     folds: Sequence[Fold],
     top_k: Sequence[int] = (),
     seed: int = 0,
+    pool_groups: np.ndarray | None = None,
 ) -> dict[str, CVResult]:
     """Fit each recogniser on each fold's training side and score its test side; results by name.
 
     ``rows``: the table rows of the examples, labelled ``y``; ``folds``: (train, test) index arrays into
-    ``rows``. Bag-of-audio-words recognisers with the same codebook settings share one codebook per fold
-    (fitted on that fold's training clips only). Raises ``ValueError`` on mismatched lengths.
+    ``rows``. Bag-of-audio-words recognisers with the same codebook settings share one codebook per fold.
+    The codebook learns without labels, so with ``pool_groups`` (a group id per *table* row) it is fitted
+    on every clip of the table outside the test side's groups (more audio than a detector's few training
+    files; still never a test recording); without it, on the fold's training clips. Raises ``ValueError``
+    on mismatched lengths.
     """
     import warnings
 
@@ -185,7 +189,11 @@ def cross_validate(
             if rec.features == "boaw":
                 key = (rec.n_words, rec.max_frames)
                 if key not in words:
-                    codebook = rec.codebook(seed).fit(X_train)
+                    fit_on = X_train
+                    if pool_groups is not None:
+                        outside = ~np.isin(pool_groups, pool_groups[rows[test]])
+                        fit_on = X[np.flatnonzero(outside)]
+                    codebook = rec.codebook(seed).fit(fit_on)
                     words[key] = codebook.transform(X_train), codebook.transform(X_test)
                 X_train, X_test = words[key]
             model = rec.classifier_pipeline(seed)
@@ -254,7 +262,8 @@ def detect_pair(
         rows = np.concatenate([np.flatnonzero(positive), negatives])
         y = np.concatenate([np.ones(positive.sum(), dtype=int), np.zeros(len(negatives), dtype=int)])
         folds = grouped_folds(y, groups[rows], n_splits=n_splits, seed=seed * 1000 + repeat)
-        for name, cv in cross_validate(recognisers, table, rows, y, folds, seed=seed).items():
+        cvs = cross_validate(recognisers, table, rows, y, folds, seed=seed, pool_groups=groups)
+        for name, cv in cvs.items():
             result.accuracy[name] += cv.accuracy
     return result
 

@@ -363,7 +363,10 @@ def _run_task(task: _Task, corpus: LabelledClips, recognisers, seeds, folds_fn=N
     for seed in seeds:
         folds = folds_fn(seed) if folds_fn else grouped_folds(task.y, groups, n_splits=5, seed=seed)
         check_disjoint(folds, groups)
-        results = cross_validate(recognisers, corpus.table, task.rows, task.y, folds, top_k=top_k, seed=seed)
+        results = cross_validate(
+            recognisers, corpus.table, task.rows, task.y, folds, top_k=top_k, seed=seed,
+            pool_groups=corpus.groups[task.grouping],
+        )
         for name, cv in results.items():
             task.accuracy[name] += cv.accuracy
             if 5 in top_k:
