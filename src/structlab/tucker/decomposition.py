@@ -18,7 +18,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from structlab.tucker.tensors import AttentionLayer, _check_layer, attention_tensors, latent_form, unfold
+from structlab.tucker.tensors import AttentionLayer, _check_layer, attention_tensors, latent_form, singular, unfold
 from structlab.tucker.tucker import Ranks, TuckerAttention, check_ranks
 
 
@@ -40,7 +40,7 @@ class TuckerDecomposition:
 
 def _leading(matrix: Tensor, rank: int) -> Tensor:
     """The ``rank`` leading left singular vectors of ``matrix``."""
-    return torch.linalg.svd(matrix, full_matrices=False).U[:, :rank]
+    return singular(matrix)[0][:, :rank]
 
 
 def _check_decomposition_args(tensor: Tensor, ranks: Sequence[int]) -> tuple[int, int, int]:
