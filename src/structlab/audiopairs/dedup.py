@@ -38,6 +38,7 @@ MAX_WINDOW_BER = 0.35  # ... and in every 0.37 s block (Haitsma & Kalker's block
 MAX_LEVEL_DB = 2.75  # verification on decoded audio: band levels after one gain
 MAX_WINDOW_RESIDUAL = 0.35  # unexplained energy in the worst 0.37 s window
 SHORT_FRAMES = 32  # clips with fewer valid frames (0.37 s) are compared without a shared-key hit
+TINY_FRAMES = 8  # clips with fewer (under 0.2 s) carry too few bits for a BER: verified on audio directly
 
 
 @dataclass
@@ -89,7 +90,8 @@ def same_audio(samples_a: np.ndarray, samples_b: np.ndarray, shift: int) -> tupl
 
 def find_candidates(prints: dict[int, fp.Fingerprint]) -> list[tuple[int, int, fp.Match]]:
     """Pairs of sounds whose fingerprints match: compatible durations, a shared sub-fingerprint (or a
-    short clip), and strong-bit BER within ``MAX_BER`` overall and ``MAX_WINDOW_BER`` per block."""
+    short clip), and strong-bit BER within ``MAX_BER`` overall and ``MAX_WINDOW_BER`` per block. Pairs
+    with a clip too short for a BER (``TINY_FRAMES``) are candidates on duration alone."""
     ids = sorted(prints, key=lambda i: (prints[i].duration, i))
     keys = {i: set(prints[i].keys().tolist()) for i in ids}
     short = {i for i in ids if int(prints[i].valid.sum()) < SHORT_FRAMES}
@@ -101,6 +103,9 @@ def find_candidates(prints: dict[int, fp.Fingerprint]) -> list[tuple[int, int, f
             if a not in short and b not in short and keys[a].isdisjoint(keys[b]):
                 continue
             match = fp.compare(prints[a], prints[b])
+            if min(prints[a].valid.sum(), prints[b].valid.sum()) < TINY_FRAMES:
+                out.append((min(a, b), max(a, b), match))
+                continue
             if match.ber <= MAX_BER and match.window_ber <= MAX_WINDOW_BER:
                 out.append((min(a, b), max(a, b), match))
     return out

@@ -148,8 +148,9 @@ def _shift_index(n: int, m: int) -> np.ndarray:
 def compare(a: Fingerprint, b: Fingerprint, max_shift: int = MAX_SHIFT) -> Match:
     """Compare ``a`` and ``b`` at every alignment within ``max_shift`` frames; the best (lowest BER) wins.
 
-    At shift s, frame i of ``a`` meets frame i + s of ``b``. With fewer than 4 comparable frames the
-    result is a BER of 1.0.
+    At shift s, frame i of ``a`` meets frame i + s of ``b``. With no comparable frame the result is a
+    BER of 1.0; with few (a clip of a few frames) the BER rests on few bits, so callers verify such
+    clips on the audio itself.
     """
     m, n = max_shift, len(a.bits)
     index = _shift_index(n, m)
@@ -165,7 +166,7 @@ def compare(a: Fingerprint, b: Fingerprint, max_shift: int = MAX_SHIFT) -> Match
     errors = np.bitwise_count((a.bits ^ windows(b.bits)) & mask).astype(np.float64)
     counted = np.bitwise_count(mask).astype(np.float64)
     total = counted.sum(axis=1)
-    usable = (both.sum(axis=1) >= 4) & (total > 0)
+    usable = total > 0
     if not usable.any():
         return Match(1.0, 1.0, 0, 0)
     ber = np.where(usable, errors.sum(axis=1) / np.maximum(total, 1), np.inf)
