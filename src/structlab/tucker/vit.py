@@ -1,0 +1,134 @@
+"""A small Vision Transformer whose (non-causal) attention is any of MHA, GQA, MLA or Tucker Attention.
+
+Images are cut into non-overlapping patches, each linearly embedded; a learned class token is
+prepended, learned position embeddings are added, and the class token's final state is classified.
+:class:`ImageClassificationTask` trains it with the shared loop of :mod:`structlab.tucker.train`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from structlab.tucker.blocks import AttentionSpec, Block
+
+
+@dataclass
+class ViTConfig:
+    """The ViT's shape: square ``image_size`` images with ``channels`` channels, ``n_classes`` classes."""
+
+    image_size: int = 28
+    patch_size: int = 7
+    channels: int = 1
+    n_classes: int = 10
+    n_layer: int = 4
+    d_model: int = 64
+    attention: AttentionSpec | str | dict[str, Any] = field(default_factory=AttentionSpec)
+    dropout: float = 0.0
+    bias: bool = True
+
+    def __post_init__(self) -> None:
+        self.attention = AttentionSpec.coerce(self.attention)
+        for name in ("image_size", "patch_size", "channels", "n_classes", "n_layer", "d_model"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name}={value!r}: expected a positive int")
+        if self.image_size % self.patch_size:
+            raise ValueError(f"patch_size={self.patch_size}: expected a divisor of image_size={self.image_size}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout={self.dropout!r}: expected in [0, 1)")
+
+    @property
+    def n_patches(self) -> int:
+        return (self.image_size // self.patch_size) ** 2
+
+
+class ViT(nn.Module):
+    """Patch embedding, class token, learned positions, ``n_layer`` non-causal blocks, linear head."""
+
+    def __init__(self, config: ViTConfig) -> None:
+        super().__init__()
+        self.config = config
+        d = config.d_model
+        self.patch_embed = nn.Conv2d(config.channels, d, config.patch_size, stride=config.patch_size)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, d))
+        self.pos_embed = nn.Parameter(torch.randn(1, config.n_patches + 1, d) * 0.02)
+        self.drop = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(
+            Block(d, config.attention.build(d, causal=False, rope=False, bias=config.bias, dropout=config.dropout),
+                  bias=config.bias, dropout=config.dropout)
+            for _ in range(config.n_layer)
+        )
+        self.norm = nn.LayerNorm(d)
+        self.head = nn.Linear(d, config.n_classes)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Class logits (batch, n_classes) for ``images`` (batch, channels, image_size, image_size)."""
+        c, s = self.config.channels, self.config.image_size
+        if images.dim() != 4 or tuple(images.shape[1:]) != (c, s, s):
+            raise ValueError(f"images: shape {tuple(images.shape)}; expected (batch, {c}, {s}, {s})")
+        x = self.patch_embed(images).flatten(2).transpose(1, 2)  # (batch, patches, d)
+        x = torch.cat([self.cls_token.expand(len(x), -1, -1), x], dim=1) + self.pos_embed
+        x = self.drop(x)
+        for block in self.blocks:
+            x = block(x)
+        return self.head(self.norm(x[:, 0]))
+
+
+class ImageClassificationTask:
+    """Images and labels as a :class:`~structlab.tucker.train.Task`: random batches, random shifts of up
+    to ``max_shift`` pixels for training, a fixed evaluation set; metrics are loss and accuracy.
+
+    ``images`` are uint8 (n, height, width) or (n, channels, height, width); they are scaled by
+    ``scale`` and standardised with the training set's mean and standard deviation.
+    """
+
+    def __init__(
+        self,
+        images: np.ndarray,
+        labels: np.ndarray,
+        eval_images: np.ndarray,
+        eval_labels: np.ndarray,
+        max_shift: int = 2,
+        scale: float = 255.0,
+    ) -> None:
+        train = _as_float(images, scale)
+        self.mean, self.std = float(train.mean()), float(train.std())
+        self.images = (train - self.mean) / self.std
+        self.labels = torch.as_tensor(np.asarray(labels), dtype=torch.long)
+        if len(self.images) != len(self.labels):
+            raise ValueError(f"labels: {len(self.labels)} for {len(self.images)} images")
+        self.max_shift = max_shift
+        self.eval_set = ((_as_float(eval_images, scale) - self.mean) / self.std,
+                         torch.as_tensor(np.asarray(eval_labels), dtype=torch.long))
+
+    def sample(self, generator: torch.Generator, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = torch.randint(len(self.images), (batch_size,), generator=generator)
+        images = self.images[rows]
+        if self.max_shift:
+            # One random translation per batch (zero-padded): cheap augmentation that keeps the data order exact.
+            dy, dx = (torch.randint(-self.max_shift, self.max_shift + 1, (2,), generator=generator)).tolist()
+            pad = self.max_shift
+            padded = F.pad(images, (pad, pad, pad, pad), value=float(-self.mean / self.std))
+            h, w = images.shape[-2:]
+            images = padded[..., pad + dy : pad + dy + h, pad + dx : pad + dx + w]
+        return images, self.labels[rows]
+
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits.float(), labels)
+
+    def metrics(self, logits: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {
+            "loss": F.cross_entropy(logits.float(), labels, reduction="none"),
+            "accuracy": (logits.argmax(dim=-1) == labels).double(),
+        }
+
+
+def _as_float(images: np.ndarray, scale: float) -> torch.Tensor:
+    array = torch.as_tensor(np.asarray(images), dtype=torch.float32) / scale
+    return array[:, None] if array.dim() == 3 else array
