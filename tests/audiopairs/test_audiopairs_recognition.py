@@ -85,3 +85,35 @@ def test_pair_detector_uses_balanced_negatives_and_bag_of_words(kicks_and_birds)
     for name in (r.name for r in recognisers):
         assert len(result.accuracy[name]) == 6
         assert np.mean(result.accuracy[name]) > 0.7
+
+
+def test_sfx_embeddings_match_the_aisfx_package(tmp_path):
+    """Our network and input against aiSFX's own code, where the wheel is installed (pip install --no-deps aisfx)."""
+    import torch
+
+    from structlab.audiopairs import embeddings
+
+    checkpoint = embeddings.find_aisfx_checkpoint()
+    if checkpoint is None:
+        pytest.skip("aisfx wheel not installed (pip install --no-deps aisfx)")
+    ref_net = pytest.importorskip("aisfx.models.cnn2d")
+    net = embeddings.load_embedding_net(checkpoint)
+    reference = ref_net.EmbeddingNet("max", 3, 1, 64)
+    reference.load_state_dict(net.state_dict())  # strict: the same parameter names and shapes
+    x = torch.rand(2, 100, 96, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(net(x), reference.eval()(x))
+    blocking = pytest.importorskip("aisfx.preprocessing").blocking
+    for n_frames in (30, 100, 149, 173, 251):
+        spec = np.random.default_rng(n_frames).random((n_frames, 96)).astype(np.float32)
+        np.testing.assert_array_equal(embeddings.blocks(spec), blocking(spec, 100, 50, True))
+    if AUDIO is not None:
+        from aisfx.spectrogram.spectrogram_librosa import compute_spectrogram
+
+        from structlab.audiopairs.audio import load_audio
+
+        path = AUDIO.path / "clips" / "lincity-ng-data" / "IndustryHigh1.wav"
+        theirs = compute_spectrogram(path, 44100.0, 2048, 1024, 96, 0.0, 22050.0).T / embeddings.SPEC_MAX
+        np.testing.assert_allclose(embeddings.sfx_spectrogram(load_audio(path, sr=44100)), theirs, atol=1e-5)
+        vectors = embeddings.embed([path], checkpoint, progress=False)
+        assert vectors.shape == (1, 512) and np.isfinite(vectors).all()

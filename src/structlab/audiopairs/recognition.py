@@ -1,9 +1,10 @@
 """Recognisers over clip features and their evaluation on grouped folds.
 
 A :class:`Recogniser` is a feature representation (``"mfcc"``, ``"logmel"``, ``"mfcc+logmel"`` summary
-statistics, or ``"boaw"``, a bag of audio words) and a scikit-learn classifier (``"linear-svm"``,
-``"rbf-svm"``, ``"logreg"``), built as one pipeline so that everything learnt from data (the audio-word
-codebook, the standardisation, the classifier) is fitted on training folds only.
+statistics, ``"boaw"``, a bag of audio words, or ``"sfx"``, pretrained aiSFX embeddings) and a
+scikit-learn classifier (``"linear-svm"``, ``"rbf-svm"``, ``"logreg"``), built as one pipeline so that
+everything learnt from data (the audio-word codebook, the standardisation, the classifier) is fitted on
+training folds only.
 
 :func:`cross_validate` scores a recogniser on given folds: balanced accuracy per fold (chance is
 1/K for K classes whatever the class sizes), top-k accuracy, and the pooled test predictions for
@@ -24,7 +25,7 @@ from structlab.audiopairs.features import FEATURE_SETS, ClipFeatures, summary_ma
 from structlab.audiopairs.protocol import Fold, balanced_negatives, grouped_folds
 
 CLASSIFIERS: tuple[str, ...] = ("linear-svm", "rbf-svm", "logreg")
-REPRESENTATIONS: tuple[str, ...] = (*FEATURE_SETS, "boaw")
+REPRESENTATIONS: tuple[str, ...] = (*FEATURE_SETS, "boaw", "sfx")
 
 
 @dataclass(frozen=True)
@@ -81,14 +82,22 @@ class FeatureTable:
     """The recognisers' inputs for a list of clips, built once per representation.
 
     ``inputs("mfcc")`` is an (n_clips, n_features) matrix; ``inputs("boaw")`` an object array of each
-    clip's (n_frames, 3 n_mfcc) frames, which the pipeline's codebook turns into histograms.
+    clip's (n_frames, 3 n_mfcc) frames, which the pipeline's codebook turns into histograms;
+    ``inputs("sfx")`` the (n_clips, 512) embeddings given as ``embeddings``
+    (:func:`structlab.audiopairs.embeddings.embed`).
     """
 
-    def __init__(self, clips: Sequence[ClipFeatures]) -> None:
+    def __init__(self, clips: Sequence[ClipFeatures], embeddings: np.ndarray | None = None) -> None:
         if not clips:
             raise ValueError("clips: expected at least one clip")
+        if embeddings is not None and len(embeddings) != len(clips):
+            raise ValueError(f"embeddings: {len(embeddings)} rows for {len(clips)} clips; expected one per clip")
         self.clips = list(clips)
-        self._inputs: dict[str, np.ndarray] = {}
+        self._inputs: dict[str, np.ndarray] = {} if embeddings is None else {"sfx": np.asarray(embeddings)}
+
+    def has(self, features: str) -> bool:
+        """Whether :meth:`inputs` can give ``features`` (``"sfx"`` needs embeddings)."""
+        return features != "sfx" or "sfx" in self._inputs
 
     def __len__(self) -> int:
         return len(self.clips)
@@ -97,6 +106,8 @@ class FeatureTable:
         if features not in REPRESENTATIONS:
             raise ValueError(f"features={features!r}: expected one of {REPRESENTATIONS}")
         if features not in self._inputs:
+            if features == "sfx":
+                raise ValueError("features='sfx': this table has no pretrained embeddings (give embeddings=...)")
             if features == "boaw":
                 frames = np.empty(len(self.clips), dtype=object)
                 for i, clip in enumerate(self.clips):

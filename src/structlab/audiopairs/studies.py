@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from structlab import runtime
+from structlab.audiopairs import embeddings
 from structlab.audiopairs import features as feats
 from structlab.audiopairs.protocol import (
     GROUPINGS,
@@ -121,10 +122,11 @@ def imported_corpus(folder, log=print):
     return Corpus(path)
 
 
-def load_labelled_clips(ctx: StudyContext) -> LabelledClips:
+def load_labelled_clips(ctx: StudyContext, with_embeddings: bool = False) -> LabelledClips:
     """The shared labelled recordings, read through an imported, de-duplicated corpus, with features and groups.
 
-    This is the one place that decides where recordings come from.
+    This is the one place that decides where recordings come from. ``with_embeddings``: add aiSFX
+    embeddings when the ``aisfx`` wheel's weights are installed (``pip install --no-deps aisfx``).
     """
     from structlab import data
 
@@ -133,14 +135,18 @@ def load_labelled_clips(ctx: StudyContext) -> LabelledClips:
         recordings, duplicates = from_corpus(corpus)
     ctx.log(f"{len(recordings)} recordings ({len(duplicates)} duplicates removed by the corpus)")
     start = time.perf_counter()
-    clips = feats.extract(
-        [r.path for r in recordings],
-        checksums=[r.sha256 for r in recordings],
-        cache_dir=feats.default_cache_dir(),
-    )
+    paths, checksums = [r.path for r in recordings], [r.sha256 for r in recordings]
+    clips = feats.extract(paths, checksums=checksums, cache_dir=feats.default_cache_dir())
+    sources = [found.as_record()]
+    vectors = None
+    checkpoint = embeddings.find_aisfx_checkpoint() if with_embeddings else None
+    if checkpoint is not None:
+        vectors = embeddings.embed(paths, checkpoint, checksums, cache_dir=feats.default_cache_dir())
+        sources.append({"name": "aisfx weights", "origin": "package", "synthetic": False, "path": str(checkpoint),
+                        "detail": "PyPI aisfx 0.1.2 checkpoint.pth (embedding network only)"})
     groups = {g: recording_groups(recordings, g) for g in GROUPINGS}
     return LabelledClips(
-        recordings, duplicates, FeatureTable(clips), groups, [found.as_record()], time.perf_counter() - start
+        recordings, duplicates, FeatureTable(clips, vectors), groups, sources, time.perf_counter() - start
     )
 
 
@@ -175,7 +181,8 @@ def eligible_pairs(recordings: Sequence[Recording], groups: np.ndarray, min_grou
 @study("audiopairs", "detectors", title="AudioPairBank per-pair detectors on the shared recordings")
 def detectors(ctx: StudyContext) -> StudyResult:
     scale = _scale(ctx)
-    corpus = load_labelled_clips(ctx)
+    corpus = load_labelled_clips(ctx, with_embeddings=not ctx.quick)
+    scale.recognisers = [r for r in scale.recognisers if corpus.table.has(r.features)]
     recs, groups = corpus.recordings, corpus.groups["uploader"]
     pairs = eligible_pairs(recs, groups, scale.min_pair_groups)
     kind_of = {r.pair: r.kind for r in recs if r.pair}
@@ -381,10 +388,11 @@ def _run_task(task: _Task, corpus: LabelledClips, recognisers, seeds, folds_fn=N
 @study("audiopairs", "questions", title="What AudioPairBank's labels ask of the audio: pair, noun, modifier, kind")
 def questions(ctx: StudyContext) -> StudyResult:
     scale = _scale(ctx)
-    corpus = load_labelled_clips(ctx)
+    corpus = load_labelled_clips(ctx, with_embeddings=not ctx.quick)
     recs = corpus.recordings
+    wanted = ("mfcc", "mfcc+logmel", "boaw", "sfx")
     recognisers = scale.recognisers if ctx.quick else [
-        r for r in scale.recognisers if r.features in ("mfcc", "mfcc+logmel", "boaw")
+        r for r in scale.recognisers if r.features in wanted and corpus.table.has(r.features)
     ]
     uploader = corpus.groups["uploader"]
     tasks: list[_Task] = []
