@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from structlab.tucker.attention import attend, check_input, check_options, head_dim, positive_int
 from structlab.tucker.cache import KVCache
-from structlab.tucker.rope import apply_rotary, rotary_frequencies
+from structlab.tucker.rope import rotary_angles, rotary_frequencies, rotate
 
 
 class GroupedQueryAttention(nn.Module):
@@ -79,8 +79,8 @@ class GroupedQueryAttention(nn.Module):
         k = self.k_proj(x).view(batch, seq, self.n_kv_heads, self.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(batch, seq, self.n_kv_heads, self.head_dim).transpose(1, 2)
         if self.rope:
-            q = apply_rotary(q, self.rope_frequencies, past)
-            k = apply_rotary(k, self.rope_frequencies, past)
+            angles = rotary_angles(self.rope_frequencies, past, seq, q)
+            q, k = rotate(q, *angles), rotate(k, *angles)
         if cache is not None:
             k, v = cache.append(k=k, v=v).values()
         y = attend(

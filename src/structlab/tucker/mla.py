@@ -35,7 +35,7 @@ from torch import Tensor, nn
 
 from structlab.tucker.attention import attend, check_input, check_options, head_dim, positive_int
 from structlab.tucker.cache import KVCache
-from structlab.tucker.rope import apply_rotary, rotary_frequencies
+from structlab.tucker.rope import apply_rotary, rotary_angles, rotary_frequencies, rotate
 
 RopeMode = Literal["latent", "decoupled"]
 
@@ -169,8 +169,9 @@ class MultiHeadLatentAttention(nn.Module):
         if self.decoupled:
             q_r = self.q_rope(c_q).view(batch, seq, self.n_heads, self.rope_head_dim).transpose(1, 2)
             k_r = self.k_rope(x).unsqueeze(1)
-            q = torch.cat((q, apply_rotary(q_r, self.rope_frequencies, past)), dim=-1)
-            k_r = apply_rotary(k_r, self.rope_frequencies, past)
+            angles = rotary_angles(self.rope_frequencies, past, seq, q_r)
+            q = torch.cat((q, rotate(q_r, *angles)), dim=-1)
+            k_r = rotate(k_r, *angles)
             if cache is not None:
                 c_kv, k_r = cache.append(c_kv=c_kv, k_rope=k_r).values()
             k = torch.cat((c_kv, k_r), dim=-1)

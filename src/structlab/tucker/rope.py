@@ -30,16 +30,27 @@ def rotary_frequencies(dim: int, base: float = 10000.0) -> Tensor:
     return base ** (-torch.arange(0, dim, 2, dtype=torch.float64) / dim)
 
 
-def apply_rotary(x: Tensor, frequencies: Tensor, offset: int = 0) -> Tensor:
-    """Rotate the pairs of ``x`` (..., seq, dim) at positions ``offset, offset + 1, ...``.
+def rotary_angles(frequencies: Tensor, offset: int, seq: int, like: Tensor) -> tuple[Tensor, Tensor]:
+    """cos and sin of the angles of positions ``offset .. offset + seq - 1``: each (seq, dim/2).
 
-    ``frequencies`` has shape (dim/2,). The angles are computed in float64 and cast to ``x``'s dtype,
-    so positions in the thousands keep their precision.
+    The angles are computed in float64 and cast to ``like``'s dtype (and device), so positions in the
+    thousands keep their precision. Queries and keys at the same positions share one table.
     """
-    seq = x.shape[-2]
-    positions = torch.arange(offset, offset + seq, dtype=torch.float64, device=x.device)
-    angles = positions[:, None] * frequencies.to(device=x.device, dtype=torch.float64)[None, :]
-    cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
+    positions = torch.arange(offset, offset + seq, dtype=torch.float64, device=like.device)
+    angles = positions[:, None] * frequencies.to(device=like.device, dtype=torch.float64)[None, :]
+    return angles.cos().to(like.dtype), angles.sin().to(like.dtype)
+
+
+def rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate the pairs ``(x[2j], x[2j+1])`` of ``x`` (..., seq, dim) by the angles of :func:`rotary_angles`."""
     pairs = x.unflatten(-1, (-1, 2))
     even, odd = pairs[..., 0], pairs[..., 1]
     return torch.stack((even * cos - odd * sin, even * sin + odd * cos), dim=-1).flatten(-2)
+
+
+def apply_rotary(x: Tensor, frequencies: Tensor, offset: int = 0) -> Tensor:
+    """Rotate the pairs of ``x`` (..., seq, dim) at positions ``offset, offset + 1, ...``.
+
+    ``frequencies`` has shape (dim/2,) (see :func:`rotary_frequencies`).
+    """
+    return rotate(x, *rotary_angles(frequencies, offset, x.shape[-2], x))

@@ -37,7 +37,7 @@ from torch import Tensor, nn
 
 from structlab.tucker.attention import attend, check_input, check_options, head_dim, positive_int
 from structlab.tucker.cache import KVCache
-from structlab.tucker.rope import apply_rotary, rotary_frequencies
+from structlab.tucker.rope import apply_rotary, rotary_angles, rotary_frequencies, rotate
 
 Ranks = tuple[int, int, int]
 
@@ -188,20 +188,23 @@ class TuckerAttention(nn.Module):
     def forward(self, x: Tensor, cache: KVCache | None = None) -> Tensor:
         past = check_input(x, self.d_model, cache, self.cache_shapes)
         batch, seq, _ = x.shape
-        r2, r3 = self.ranks[1], self.ranks[2]
-        v2, v3 = self.value_ranks[1], self.value_ranks[2]
-        # Q_i = X U_q B_i, all heads in one product: (B, N, r2) @ (r2, n_H r3).
-        b_stack = self.query_cores().permute(1, 0, 2).reshape(r2, self.n_heads * r3)
-        q = ((x @ self.U_q) @ b_stack).view(batch, seq, self.n_heads, r3)
+        r1, r2, r3 = self.ranks
+        v1, v2, v3 = self.value_ranks
+        # Q_i = X U_q B_i with B_i = core x_1 U_head[i], evaluated in core coordinates: P = (X U_q) x_2 core,
+        # (B N, r1, r3), then Q_i = sum_a U_head[i, a] P_a. Per token that is r1 r2 r3 + n_H r1 r3
+        # multiplications instead of n_H r2 r3, and no per-head matrix is formed.
+        p = (x @ self.U_q) @ self.core.permute(1, 0, 2).reshape(r2, r1 * r3)
+        p = p.view(batch * seq, r1, r3).transpose(0, 1).reshape(r1, batch * seq * r3)
+        q = (self.U_head @ p).view(self.n_heads, batch, seq, r3).transpose(0, 1)  # (B, n_H, N, r3)
         if self.query_bias is not None:
-            q = q + self.query_bias
-        q = q.transpose(1, 2)  # (B, n_H, N, r3)
+            q = q + self.query_bias[:, None, :]
         k = x @ self.U_k  # one key latent for all heads
         if self.key_bias is not None:
             k = k + self.key_bias
         k = k.unsqueeze(1)  # (B, 1, N, r3)
         if self.rope:
-            q = apply_rotary(q, self.rope_frequencies, past)
+            angles = rotary_angles(self.rope_frequencies, past, seq, q)
+            q = rotate(q, *angles)
         if self.shared_latent:
             if cache is not None:
                 (k,) = cache.append(kv=k).values()
@@ -214,16 +217,18 @@ class TuckerAttention(nn.Module):
                 v = v + self.value_bias
             v = v.unsqueeze(1)  # (B, 1, N, v3)
             if self.rope:
-                k = apply_rotary(k, self.rope_frequencies, past)
+                k = rotate(k, *angles)
             if cache is not None:
                 k, v = cache.append(k=k, v=v).values()
         y = attend(
             q, k, v, causal=self.causal, past=past, scale=self.head_dim**-0.5,
             dropout=self.dropout if self.training else 0.0,
         )  # A_i V: (B, n_H, N, v3)
-        # sum_i A_i V C_i^T U_o^T: heads side by side against the stacked C_i^T, (n_H v3, v2).
-        c_stack = self.value_cores().transpose(1, 2).reshape(self.n_heads * v3, v2)
-        out = (y.transpose(1, 2).reshape(batch, seq, self.n_heads * v3) @ c_stack) @ self.U_o.T
+        # sum_i A_i V C_i^T U_o^T with C_i = core_v x_1 U_head_v[i], in core coordinates as well:
+        # Z_a = sum_i U_head_v[i, a] A_i V, then sum_a Z_a core_v[a]^T, then U_o^T.
+        z = self.U_head_v.T @ y.transpose(0, 1).reshape(self.n_heads, batch * seq * v3)
+        z = z.view(v1, batch, seq, v3).permute(1, 2, 0, 3).reshape(batch, seq, v1 * v3)
+        out = (z @ self.core_v.permute(0, 2, 1).reshape(v1 * v3, v2)) @ self.U_o.T
         if self.output_bias is not None:
             out = out + self.output_bias
         return self.resid_dropout(out)
