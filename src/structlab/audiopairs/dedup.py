@@ -5,19 +5,17 @@
    sound may carry two pairs ("heavy rain" and "falling rain").
 2. **bytes**: files with equal SHA-256 (a package shipping one file under two names).
 3. **audio**: files whose decoded audio is the same although their bytes differ (another container,
-   re-encoding, a gain change). Candidates come from the audio fingerprint
-   (:mod:`~structlab.audiopairs.fingerprint`): clips of compatible duration that share a sub-fingerprint
-   (or are too short for that to be likely) and whose strong-bit BER is low. Each candidate is then
-   verified on the decoded audio: after alignment and one gain, the band levels must agree within
-   ``max_level_db`` (90th percentile) and the waveform residual must be small in *every* 0.37 s window
-   (``max_window_residual``), so that two clips made from one recording but edited differently (a horn
-   mixed into one) are not merged.
+   re-encoding, a gain change); a clip trimmed by more than an encoder's padding is another clip.
+   Candidates come from the audio fingerprint (:mod:`~structlab.audiopairs.fingerprint`): clips of
+   compatible duration that share a sub-fingerprint (or are too short for that to be likely) and whose
+   strong-bit BER is low. Each candidate is then verified on the decoded audio: after alignment and one
+   gain, the band levels must agree within ``MAX_LEVEL_DB`` (90th percentile) and the waveform residual
+   must be small in *every* 0.37 s window (``MAX_WINDOW_RESIDUAL``), so that two clips made from one
+   recording but edited differently (a horn mixed into one) are not merged.
 
-The thresholds were set on the developers' shared corpus (858 real clips): 316 re-encodings (Ogg Vorbis
-and MP3 at two qualities each, gains from -3 to +2.3 dB) of 80 clips all pass with level deviation at most
-2.48 dB and window residual at most 0.32, while of the 29,510 pairs of distinct clips with compatible
-durations, the closest are a bus start with and without a horn (level 0.56 dB, window residual 0.38) and
-two goat bleats (3.05 dB); see docs/audiopairs-corpus.md.
+The thresholds were set on the developers' shared corpus (858 real clips) against re-encoded copies
+(Ogg Vorbis and MP3 at two qualities each, with gain changes) and the distinct clips whose fingerprints
+come closest; ``benchmarks/audiopairs_dedup.py`` measures both margins (docs/audiopairs-corpus.md).
 
 Every member of a group of duplicates but the one with the lowest id gets ``duplicate_of`` (that id) and
 ``duplicate_level``; cleaning and splits leave them out.
@@ -80,12 +78,17 @@ class _UnionFind:
             self.parent[max(ra, rb)] = min(ra, rb)
 
 
-def same_audio(samples_a: np.ndarray, samples_b: np.ndarray, shift: int) -> tuple[bool, str]:
-    """Verify on decoded audio (mono, ``fp.SAMPLE_RATE``) that two clips hold the same audio."""
-    level = fp.level_deviation(samples_a, samples_b, shift)
+def same_audio(samples_a: np.ndarray, samples_b: np.ndarray) -> tuple[bool, str]:
+    """Verify on decoded audio (mono, ``fp.SAMPLE_RATE``) that two clips hold the same audio.
+
+    Returns the verdict and the measurements behind it.
+    """
+    durations = len(samples_a) / fp.SAMPLE_RATE, len(samples_b) / fp.SAMPLE_RATE
     overall, window, lag = fp.waveform_residual(samples_a, samples_b)
-    ok = level <= MAX_LEVEL_DB and window <= MAX_WINDOW_RESIDUAL
-    return ok, f"level {level:.2f} dB, residual {overall:.3f} (worst window {window:.3f}), lag {lag} samples"
+    level = fp.level_deviation(samples_a, samples_b, shift=-round(lag / fp.HOP))  # the waveforms' alignment
+    ok = fp.same_duration(*durations) and level <= MAX_LEVEL_DB and window <= MAX_WINDOW_RESIDUAL
+    return ok, (f"{durations[0]:.3f} s / {durations[1]:.3f} s, level {level:.2f} dB, residual {overall:.3f} "
+                f"(worst window {window:.3f}), lag {lag} samples")
 
 
 def find_candidates(prints: dict[int, fp.Fingerprint]) -> list[tuple[int, int, fp.Match]]:
@@ -158,7 +161,7 @@ def deduplicate(corpus: Corpus, workers: int = 1, progress: bool = True) -> Dedu
 
     verified = 0
     for a, b, match in runtime.progress(candidates, desc="verifying", unit="pair", disable=None if progress else True):
-        ok, why = same_audio(decoded(a), decoded(b), match.shift)
+        ok, why = same_audio(decoded(a), decoded(b))
         if ok:
             verified += 1
             union.union(a, b)

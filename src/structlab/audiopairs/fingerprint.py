@@ -179,8 +179,12 @@ def compare(a: Fingerprint, b: Fingerprint, max_shift: int = MAX_SHIFT) -> Match
     return Match(float(ber[row]), window, row - m, int(both[row].sum()))
 
 
-def same_duration(a: float, b: float, tolerance: float = 0.02, slack: float = 0.1) -> bool:
-    """Durations that re-encoding could give one clip: equal within ``tolerance`` (relative) + ``slack`` s."""
+def same_duration(a: float, b: float, tolerance: float = 0.01, slack: float = 0.06) -> bool:
+    """Durations that re-encoding could give one clip: equal within ``tolerance`` (relative) + ``slack`` s.
+
+    The slack covers an MP3 encoder's delay and padding (two 1,152-sample frames at 44.1 kHz); a clip
+    trimmed by more is another clip.
+    """
     return abs(a - b) <= slack + tolerance * max(a, b)
 
 
