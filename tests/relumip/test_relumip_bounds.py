@@ -84,3 +84,24 @@ def test_bounds_reject_a_bad_box() -> None:
         lp_bounds(net, np.zeros(3), np.ones(3))
     with pytest.raises(ValueError, match="n_jobs"):
         lp_bounds(net, np.zeros(2), np.ones(2), n_jobs=0)
+
+
+def test_milp_time_limit_applies_to_each_problem_not_to_all_of_them() -> None:
+    from structlab.relumip.formulation import encode_layer
+    from structlab.relumip.model import Model
+
+    net = ReluNetwork.from_torch(random_mlp((2, 40, 40, 40, 1), seed=5)).folded()
+    lower, upper = -np.ones(2), np.ones(2)
+    lb = lp_bounds(net, lower, upper, n_jobs=1)
+    model = Model()
+    h = model.add_variables(2, lower, upper)
+    for k in range(3):
+        h = encode_layer(model, h, net.layers[k], lb.lower[k], lb.upper[k]).h
+    rows = net.layers[3].weight
+    lo, hi, seconds = bounds_module.bound_rows(model, h, np.repeat(rows, 2, axis=0), mip=True, time_limit=0.5)
+    # each of the 4 problems gets its own 0.5 s (a limit on the total would starve the later ones, which
+    # would then return an infinite bound at once) and proves a bound within the LP bounds
+    assert np.all(np.isfinite(lo)) and np.all(np.isfinite(hi))
+    assert np.all(lo + net.layers[3].bias[0] >= lb.lower[3][0] - 1e-6)
+    assert np.all(hi + net.layers[3].bias[0] <= lb.upper[3][0] + 1e-6)
+    assert seconds < 4 * 0.5 + 1.0

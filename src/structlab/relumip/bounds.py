@@ -276,7 +276,7 @@ def bound_rows(
 
     highs = highs_model(model)
     highs.setOptionValue("threads", 1)
-    if time_limit is not None:
+    if time_limit is not None:  # HiGHS restarts its clock at every run: this is a limit per problem
         highs.setOptionValue("time_limit", float(time_limit))
     n = model.num_variables
     starts, index, value, row_lo, row_hi = model.rows()

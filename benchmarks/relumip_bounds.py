@@ -1,0 +1,226 @@
+"""Benchmark: what bound tightening costs and what it buys, on peaks surrogates of growing depth.
+
+For ReLU networks trained on MATLAB's peaks function (2x25 ... 5x50), in one run:
+
+- bound-tightening time per neuron (LP-based OBBT), serial and with a process pool;
+- the big-M reduction per layer: largest and mean big-M under LP bounds against interval bounds;
+- the MILP (minimise the surrogate on [-2, 2]^2, HiGHS, fixed time limit) with interval bounds, with LP
+  bounds, and with LP bounds on the rescaled network: solve time, nodes, binaries, coefficient range.
+
+Prints JSON and writes ``results/relumip/bench_bounds.json``::
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/relumip_bounds.py --scale quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from typing import Any
+
+import numpy as np
+
+from structlab import runtime
+from structlab.relumip import (
+    Formulation,
+    interval_bounds,
+    lp_bounds,
+    milp_bounds,
+    rescale,
+    stable_fraction,
+    train,
+)
+from structlab.relumip.problems.peaks import peaks
+from structlab.results import Claim, StudyResult, Table, finish
+
+LOWER, UPPER = np.array([-2.0, -2.0]), np.array([2.0, 2.0])
+SCALES = {
+    "quick": {"nets": [(2, 25), (3, 25), (2, 50)], "epochs": 120, "time_limit": 30.0, "n_train": 2000},
+    "full": {"nets": [(2, 25), (3, 25), (4, 25), (5, 25), (2, 50), (3, 50), (4, 50), (5, 50)],
+             "epochs": 300, "time_limit": 120.0, "n_train": 4000},
+}
+
+
+def solve(net: Any, bounds: Any, time_limit: float) -> dict[str, Any]:
+    form = Formulation(net, LOWER, UPPER, bounds=bounds)
+    form.set_objective(form.y, [1.0], sense="min")
+    sol = form.solve(time_limit=time_limit, threads=1)
+    stats = form.model.stats()
+    return {
+        "status": sol.status, "objective": sol.objective, "bound": sol.bound, "gap": sol.gap,
+        "seconds": sol.seconds, "nodes": sol.nodes, "binaries": form.num_binaries,
+        "coefficient_range": stats["coefficient_max"] / stats["coefficient_min"],
+        "max_big_m": [float(m.max()) for m in form.big_m],
+        "mean_big_m": [float(m[m > 0].mean()) if (m > 0).any() else 0.0 for m in form.big_m],
+    }
+
+
+def run(scale: str, seed: int) -> StudyResult:
+    cfg = SCALES[scale]
+    rng = np.random.default_rng(seed)
+    X = rng.uniform(LOWER, UPPER, size=(cfg["n_train"], 2))
+    y = peaks(X)
+    n_jobs = runtime.cpu_count()
+    rows, records = [], []
+    for depth, width in cfg["nets"]:
+        name = f"{depth}x{width}"
+        trained = train(X, y, hidden=(width,) * depth, epochs=cfg["epochs"], seed=seed, indicators=False)
+        net = trained.net
+        ib = interval_bounds(net, LOWER, UPPER)
+        t = time.perf_counter()
+        lb = lp_bounds(net, LOWER, UPPER, n_jobs=1)
+        serial = time.perf_counter() - t
+        t = time.perf_counter()
+        lp_bounds(net, LOWER, UPPER, n_jobs=n_jobs)
+        parallel = time.perf_counter() - t
+        tightened = sum(net.widths[1:]) + net.output_dim  # the first layer's interval bounds are exact
+        interval = solve(net, ib, cfg["time_limit"])
+        lp = solve(net, lb, cfg["time_limit"])
+        scaled_net = rescale(net, lb)
+        scaled = solve(scaled_net, lp_bounds(scaled_net, LOWER, UPPER, n_jobs=1), cfg["time_limit"])
+        record = {
+            "net": name, "depth": depth, "width": width, "train_mse": trained.train_error,
+            "lp_bounds_seconds": serial, "lp_bounds_seconds_parallel": parallel, "n_jobs": n_jobs,
+            "lp_seconds_per_neuron": serial / tightened, "lp_problems": lb.problems,
+            "stable_fraction_interval": stable_fraction(net, ib), "stable_fraction_lp": stable_fraction(net, lb),
+            "big_m_reduction_per_layer": [
+                a / b if b > 0 else 1.0 for a, b in zip(lp["max_big_m"], interval["max_big_m"], strict=True)
+            ],
+            "interval": interval, "lp": lp, "lp_rescaled": scaled,
+        }
+        records.append(record)
+        print(json.dumps({k: record[k] for k in ("net", "lp_bounds_seconds", "big_m_reduction_per_layer")}),
+              file=sys.stderr)
+        rows.append([
+            name, f"{trained.train_error:.4f}", f"{1e3 * record['lp_seconds_per_neuron']:.1f}",
+            f"{serial:.2f} / {parallel:.2f}",
+            " ".join(f"{r:.2f}" for r in record["big_m_reduction_per_layer"]),
+            f"{record['stable_fraction_interval']:.2f} / {record['stable_fraction_lp']:.2f}",
+            f"{interval['binaries']} / {lp['binaries']}",
+            f"{interval['seconds']:.2f} ({interval['status']}, {interval['nodes']})",
+            f"{lp['seconds']:.2f} ({lp['status']}, {lp['nodes']})",
+            f"{scaled['seconds']:.2f} ({scaled['status']}, {scaled['nodes']})",
+        ])
+
+    def ratio(a: str, b: str) -> list[float]:
+        return [r[a]["seconds"] / max(r[b]["seconds"], 1e-9) for r in records]
+
+    lp_speedup = ratio("interval", "lp")
+    lp_total_speedup = [r["interval"]["seconds"] / (r["lp"]["seconds"] + r["lp_bounds_seconds"]) for r in records]
+    rescale_speedup = ratio("lp", "lp_rescaled")
+    deep_reduction = [r["big_m_reduction_per_layer"][-1] for r in records]
+    pool_speedup = [r["lp_bounds_seconds"] / r["lp_bounds_seconds_parallel"] for r in records]
+    metrics = {
+        "solve_speedup_lp_vs_interval_median": statistics.median(lp_speedup),
+        "solve_speedup_lp_incl_bounds_median": statistics.median(lp_total_speedup),
+        "solve_speedup_rescaled_vs_lp_median": statistics.median(rescale_speedup),
+        "last_hidden_big_m_ratio_lp_over_interval_median": statistics.median(deep_reduction),
+        "obbt_pool_speedup_median": statistics.median(pool_speedup),
+        "records": records,
+    }
+    claims = [
+        Claim("LP-based bound tightening shrinks the big-M values of deeper layers (paper, Sec. 3.1)",
+              f"largest big-M of the last hidden layer, LP / interval: median {statistics.median(deep_reduction):.2f}",
+              "agrees" if statistics.median(deep_reduction) < 0.9 else "disagrees"),
+        Claim("LP-based bound tightening reduces the MILP's solve time",
+              f"median solve-time ratio interval / LP {statistics.median(lp_speedup):.2f}x "
+              f"({statistics.median(lp_total_speedup):.2f}x counting the tightening time)",
+              "agrees" if statistics.median(lp_speedup) > 1.1 else
+              "disagrees" if statistics.median(lp_speedup) < 0.9 else "inconclusive",
+              f"{len(records)} networks, one training seed; HiGHS, threads=1, time limit {cfg['time_limit']} s"),
+        Claim("Rescaling the network (big-M <= 1) reduces solve time",
+              f"median solve-time ratio LP / LP+rescaled {statistics.median(rescale_speedup):.2f}x",
+              "agrees" if statistics.median(rescale_speedup) > 1.1 else
+              "disagrees" if statistics.median(rescale_speedup) < 0.9 else "inconclusive",
+              "rescaling is a diagonal column scaling of the MILP, which HiGHS's own scaling can undo"),
+        Claim(f"Spreading OBBT over {n_jobs} processes is faster than serial",
+              f"median serial / pool time {statistics.median(pool_speedup):.2f}x",
+              "agrees" if statistics.median(pool_speedup) > 1.05 else "inconclusive",
+              "the pool is used only where the measured serial work of a layer exceeds 2 s; on small "
+              "networks it stays serial, so ~1x is the expected outcome there"),
+    ]
+    table = Table(
+        "Bounds and solve effort on peaks surrogates",
+        ["net", "train MSE", "LP ms/neuron", "LP bounds s (serial / pool)", "big-M ratio LP/IA per layer",
+         "stable IA / LP", "binaries IA / LP", "solve s IA (status, nodes)", "solve s LP", "solve s LP+rescale"],
+        rows,
+        note=f"HiGHS threads=1, time limit {cfg['time_limit']} s, minimise the surrogate on [-2, 2]^2",
+    )
+    return StudyResult(
+        part="relumip", study="bench_bounds", title="Bound tightening: cost, big-M reduction, solve effort",
+        scale=scale, summary="LP-based OBBT against interval bounds on peaks surrogates of growing depth",
+        config={**cfg, "seed": seed, "n_jobs": n_jobs}, seeds=[seed], metrics=metrics, tables=[table],
+        claims=claims,
+        data=[{"name": "peaks", "origin": "analytic function", "synthetic": False, "path": None,
+               "detail": f"{cfg['n_train']} uniform samples of MATLAB's peaks function on [-2, 2]^2"}],
+    )
+
+
+def obbt_scaling(jobs: list[int], seed: int, epochs: int, milp_time_limit: float) -> StudyResult:
+    """Wall time of LP and MILP bound tightening against the number of worker processes."""
+    rng = np.random.default_rng(seed)
+    X = rng.uniform(LOWER, UPPER, size=(4000, 2))
+    y = peaks(X)
+    rows, records = [], []
+    for depth, width in [(3, 50), (5, 50), (3, 100)]:
+        net = train(X, y, hidden=(width,) * depth, epochs=epochs, seed=seed, indicators=False).net
+        base_lp = base_milp = None
+        for n_jobs in jobs:
+            t = time.perf_counter()
+            lb = lp_bounds(net, LOWER, UPPER, n_jobs=n_jobs)
+            lp_seconds = time.perf_counter() - t
+            t = time.perf_counter()
+            mb = milp_bounds(net, LOWER, UPPER, time_limit=milp_time_limit, n_jobs=n_jobs, start=lb)
+            milp_seconds = time.perf_counter() - t
+            base_lp = base_lp or lp_seconds
+            base_milp = base_milp or milp_seconds
+            record = {"net": f"{depth}x{width}", "n_jobs": n_jobs, "lp_seconds": lp_seconds,
+                      "milp_seconds": milp_seconds, "lp_speedup": base_lp / lp_seconds,
+                      "milp_speedup": base_milp / milp_seconds, "milp_problems": mb.problems - lb.problems,
+                      "stable_fraction_lp": stable_fraction(net, lb), "stable_fraction_milp": stable_fraction(net, mb)}
+            records.append(record)
+            print(json.dumps(record), file=sys.stderr)
+            rows.append([record["net"], n_jobs, f"{lp_seconds:.2f}", f"{record['lp_speedup']:.2f}",
+                         f"{milp_seconds:.1f}", f"{record['milp_speedup']:.2f}"])
+    best = max(r["milp_speedup"] for r in records)
+    return StudyResult(
+        part="relumip", study="bench_obbt_scaling", title="Bound tightening over worker processes",
+        scale="full", summary="LP and MILP OBBT wall time against the number of processes",
+        config={"jobs": jobs, "seed": seed, "epochs": epochs, "milp_time_limit": milp_time_limit,
+                "cpu_count": runtime.cpu_count()},
+        seeds=[seed], metrics={"records": records, "best_milp_speedup": best},
+        tables=[Table("OBBT wall time against worker processes",
+                      ["net", "n_jobs", "LP s", "LP speed-up", "MILP s", "MILP speed-up"], rows,
+                      note=f"MILP bounds: {milp_time_limit} s per problem, starting from LP bounds")],
+        claims=[Claim("Parallel OBBT over neurons helps where the work is large",
+                      f"best MILP-OBBT speed-up over serial: {best:.2f}x", "agrees" if best > 1.5 else "inconclusive")],
+        data=[{"name": "peaks", "origin": "analytic function", "synthetic": False, "path": None,
+               "detail": "4000 uniform samples of MATLAB's peaks function on [-2, 2]^2"}],
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--scale", choices=tuple(SCALES), default="quick")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--results", default="results")
+    parser.add_argument("--jobs", default=None,
+                        help="comma-separated process counts: measure OBBT scaling instead (e.g. 1,2,4,8,16)")
+    parser.add_argument("--milp-time-limit", type=float, default=0.5, help="seconds per MILP-OBBT problem")
+    args = parser.parse_args()
+    start = time.perf_counter()
+    if args.jobs:
+        jobs = [int(j) for j in args.jobs.split(",")]
+        result = obbt_scaling(jobs, args.seed, SCALES[args.scale]["epochs"], args.milp_time_limit)
+    else:
+        result = run(args.scale, args.seed)
+    path = finish(result, args.results, wall_seconds=time.perf_counter() - start)
+    out = {k: v for k, v in result.metrics.items() if k != "records"}
+    print(json.dumps({"results": str(path), **out, "claims": [c.verdict for c in result.claims]}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
