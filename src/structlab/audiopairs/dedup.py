@@ -83,12 +83,22 @@ def same_audio(samples_a: np.ndarray, samples_b: np.ndarray) -> tuple[bool, str]
 
     Returns the verdict and the measurements behind it.
     """
-    durations = len(samples_a) / fp.SAMPLE_RATE, len(samples_b) / fp.SAMPLE_RATE
-    overall, window, lag = fp.waveform_residual(samples_a, samples_b)
-    level = fp.level_deviation(samples_a, samples_b, shift=-round(lag / fp.HOP))  # the waveforms' alignment
-    ok = fp.same_duration(*durations) and level <= MAX_LEVEL_DB and window <= MAX_WINDOW_RESIDUAL
-    return ok, (f"{durations[0]:.3f} s / {durations[1]:.3f} s, level {level:.2f} dB, residual {overall:.3f} "
-                f"(worst window {window:.3f}), lag {lag} samples")
+    m = measure(samples_a, samples_b)
+    ok = m["same_duration"] and m["level_db"] <= MAX_LEVEL_DB and m["window_residual"] <= MAX_WINDOW_RESIDUAL
+    return ok, (f"{m['duration_a']:.3f} s / {m['duration_b']:.3f} s, level {m['level_db']:.2f} dB, "
+                f"residual {m['residual']:.3f} (worst window {m['window_residual']:.3f}), lag {m['lag']} samples")
+
+
+def measure(samples_a: np.ndarray, samples_b: np.ndarray) -> dict[str, float]:
+    """The measurements :func:`same_audio` decides on: durations, lag, band-level deviation, residuals."""
+    a, b, lag = fp.align(samples_a, samples_b)
+    overall, window = fp.waveform_residual(a, b)
+    duration_a, duration_b = len(samples_a) / fp.SAMPLE_RATE, len(samples_b) / fp.SAMPLE_RATE
+    return {
+        "duration_a": duration_a, "duration_b": duration_b,
+        "same_duration": fp.same_duration(duration_a, duration_b), "lag": lag,
+        "level_db": fp.level_deviation(a, b), "residual": overall, "window_residual": window,
+    }
 
 
 def find_candidates(prints: dict[int, fp.Fingerprint]) -> list[tuple[int, int, fp.Match]]:

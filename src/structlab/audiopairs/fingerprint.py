@@ -188,35 +188,27 @@ def same_duration(a: float, b: float, tolerance: float = 0.01, slack: float = 0.
     return abs(a - b) <= slack + tolerance * max(a, b)
 
 
-def level_deviation(samples_a: np.ndarray, samples_b: np.ndarray, shift: int) -> float:
+def level_deviation(samples_a: np.ndarray, samples_b: np.ndarray) -> float:
     """How far two aligned clips' band levels differ after removing one gain, in dB (90th percentile).
 
-    Compares log band energies frame by frame (b shifted by ``shift`` frames), over the bands and
-    frames within 40 dB of each clip's loudest; the median difference (the gain) is removed first.
-    Re-encoding moves levels by about 1 dB; different processing of one recording by several.
+    Compares log band energies frame by frame over the bands and frames within 40 dB of each clip's
+    loudest; the median difference (the gain) is removed first. Re-encoding moves levels by about 1 dB,
+    different processing of one recording by several. Align first (:func:`align`).
     """
     ea = 10 * np.log10(band_energies(samples_a) + 1e-12)
     eb = 10 * np.log10(band_energies(samples_b) + 1e-12)
-    lo_a, lo_b = max(0, -shift), max(0, shift)
-    n = min(len(ea) - lo_a, len(eb) - lo_b)
-    if n <= 0:
-        return float("inf")
-    ea, eb = ea[lo_a : lo_a + n], eb[lo_b : lo_b + n]
+    n = min(len(ea), len(eb))
+    ea, eb = ea[:n], eb[:n]
     mask = (ea > ea.max() - 40) & (eb > eb.max() - 40)
-    if mask.sum() < 8:
+    if mask.sum() < 4:
         return float("inf")
     d = (ea - eb)[mask]
     return float(np.percentile(np.abs(d - np.median(d)), 90))
 
 
-def waveform_residual(samples_a: np.ndarray, samples_b: np.ndarray, max_lag: float = 0.15) -> tuple[float, float, int]:
-    """How much of ``a`` one gain times ``b`` leaves unexplained: (overall, worst window, lag in samples).
-
-    The clips (mono, ``SAMPLE_RATE``) are aligned by cross-correlation within ``max_lag`` seconds and
-    ``b`` is scaled by the least-squares gain; the residual energy is divided by ``a``'s energy, overall
-    and per 0.37 s window (windows within 30 dB of the loudest). Re-encoding leaves a small residual
-    everywhere; an edit (a horn mixed into one part) leaves a large one where it is.
-    """
+def align(samples_a: np.ndarray, samples_b: np.ndarray, max_lag: float = 0.15) -> tuple[np.ndarray, np.ndarray, int]:
+    """Crop two clips (mono, ``SAMPLE_RATE``) to their overlap at the lag of greatest cross-correlation
+    within ``max_lag`` seconds; returns (a, b, lag in samples; positive when ``a`` starts later)."""
     from scipy.signal import fftconvolve
 
     x = np.asarray(samples_a, dtype=np.float64)
@@ -227,13 +219,25 @@ def waveform_residual(samples_a: np.ndarray, samples_b: np.ndarray, max_lag: flo
     lag = int(np.argmax(np.abs(c[lo:hi]))) + lo - mid
     xa, ya = (x[lag:], y) if lag >= 0 else (x, y[-lag:])
     n = min(len(xa), len(ya))
+    return xa[:n], ya[:n], lag
+
+
+def waveform_residual(samples_a: np.ndarray, samples_b: np.ndarray) -> tuple[float, float]:
+    """How much of aligned ``a`` one gain times ``b`` leaves unexplained: (overall, worst window).
+
+    ``b`` is scaled by the least-squares gain; the residual energy is divided by ``a``'s energy, overall
+    and per 0.37 s window (windows within 30 dB of the loudest). Re-encoding leaves a small residual
+    everywhere; an edit (a horn mixed into one part) leaves a large one where it is. Align first.
+    """
+    xa, ya = np.asarray(samples_a, dtype=np.float64), np.asarray(samples_b, dtype=np.float64)
+    n = min(len(xa), len(ya))
     xa, ya = xa[:n], ya[:n]
     if n == 0 or xa @ xa == 0 or ya @ ya == 0:
-        return 1.0, 1.0, lag
+        return 1.0, 1.0
     residual = xa - (xa @ ya) / (ya @ ya) * ya
     overall = float(residual @ residual / (xa @ xa))
     k = min(4 * FRAME, n)
     energy = np.convolve(xa**2, np.ones(k), "valid")[:: max(k // 4, 1)]
     error = np.convolve(residual**2, np.ones(k), "valid")[:: max(k // 4, 1)]
     loud = energy > energy.max() * 1e-3
-    return overall, float((error[loud] / energy[loud]).max()), lag
+    return overall, float((error[loud] / energy[loud]).max())
