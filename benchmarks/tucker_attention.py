@@ -7,7 +7,7 @@ Measured in one run, layers interleaved round by round so that load on the machi
 - attention parameters (counted on the modules) and KV-cache bytes per token, measured from the
   cache tensors after a prefill (float32);
 - prefill time of 1024 tokens (batch 1, no gradients);
-- decode tokens/s (batch 1, one token per step) at contexts 256, 1024 and 4096;
+- decode tokens/s (batch 1 or ``--decode-batch``, one token per step) at contexts 256, 1024 and 4096;
 - a training step, forward + backward of (batch, seq) = (4, 1024) (``--quick``: (2, 256)).
 
 Ratios are to MHA in the same run. Targets (issue 3): Tucker's cache 12x smaller than MHA's; decode at
@@ -80,13 +80,17 @@ def interleaved(
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def measure(device: torch.device, quick: bool) -> dict[str, dict[str, float]]:
+def measure(
+    device: torch.device, quick: bool, decode_batch: int = 1, train_shape: tuple[int, int] | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> dict[str, dict[str, float]]:
     torch.manual_seed(0)
-    layers = {name: layer.to(device).eval() for name, layer in build_layers().items()}
+    layers = {name: layer.to(device, dtype).eval() for name, layer in build_layers().items()}
+    factory = {"device": device, "dtype": dtype}
     rounds = 3 if quick else 7
     contexts = (256, 1024) if quick else (256, 1024, 4096)
     decode_steps = 8 if quick else 32
-    train_shape = (2, 256) if quick else (4, 1024)
+    train_shape = train_shape or ((2, 256) if quick else (4, 1024))
     prefill_len = 1024
     out: dict[str, dict[str, float]] = {name: {} for name in layers}
 
@@ -95,11 +99,11 @@ def measure(device: torch.device, quick: bool) -> dict[str, dict[str, float]]:
         assert out[name]["attention_parameters"] == sum(p.numel() for p in layer.parameters())
         cache = layer.new_cache()
         with torch.inference_mode():
-            layer(torch.randn(1, 64, D_MODEL, device=device), cache)
+            layer(torch.randn(1, 64, D_MODEL, **factory), cache)
         out[name]["kv_cache_bytes_per_token"] = cache.nbytes / cache.length
-        assert cache.nbytes == kv_cache_bytes(layer, cache.length, torch.float32)
+        assert cache.nbytes == kv_cache_bytes(layer, cache.length, dtype)
 
-    x_prefill = torch.randn(1, prefill_len, D_MODEL, device=device)
+    x_prefill = torch.randn(1, prefill_len, D_MODEL, **factory)
 
     def prefill(_: str, layer: nn.Module) -> Callable[[], object]:
         def run() -> None:
@@ -115,8 +119,8 @@ def measure(device: torch.device, quick: bool) -> dict[str, dict[str, float]]:
         with torch.inference_mode():
             for name, layer in layers.items():
                 caches[name] = layer.new_cache()
-                layer(torch.randn(1, context, D_MODEL, device=device), caches[name])
-        token = torch.randn(1, 1, D_MODEL, device=device)
+                layer(torch.randn(decode_batch, context, D_MODEL, **factory), caches[name])
+        token = torch.randn(decode_batch, 1, D_MODEL, **factory)
 
         def decode(name: str, layer: nn.Module, caches: dict = caches, token: torch.Tensor = token) -> Callable:
             def run() -> None:
@@ -126,18 +130,18 @@ def measure(device: torch.device, quick: bool) -> dict[str, dict[str, float]]:
             return run
 
         for name, seconds in interleaved(layers, decode, rounds, device).items():
-            out[name][f"decode_tokens_per_second_{context}"] = decode_steps / seconds
+            out[name][f"decode_tokens_per_second_{context}"] = decode_batch * decode_steps / seconds
         del caches
 
     batch, seq = train_shape
-    x_train = torch.randn(batch, seq, D_MODEL, device=device)
+    x_train = torch.randn(batch, seq, D_MODEL, **factory)
     for layer in layers.values():
         layer.train()
 
     def train_step(_: str, layer: nn.Module) -> Callable[[], object]:
         def run() -> None:
             layer.zero_grad(set_to_none=True)
-            layer(x_train).square().mean().backward()
+            layer(x_train).float().square().mean().backward()
         return run
 
     for name, seconds in interleaved(layers, train_step, rounds, device).items():
@@ -167,15 +171,23 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--quick", action="store_true", help="shorter contexts, smaller training step, fewer rounds")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--decode-batch", type=int, default=1, help="sequences decoded at once (default: 1)")
+    parser.add_argument("--train-shape", type=int, nargs=2, metavar=("BATCH", "SEQ"), default=None,
+                        help="training step input (default: 4 1024; --quick: 2 256)")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                        help="parameters, activations and cache (default: float32)")
     parser.add_argument("--results", default="results", help="results folder (default: results)")
     args = parser.parse_args(argv)
+    dtype = getattr(torch, args.dtype)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device is available")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     start = time.perf_counter()
-    measured = measure(device, args.quick)
+    measured = measure(
+        device, args.quick, args.decode_batch, tuple(args.train_shape) if args.train_shape else None, dtype
+    )
     rel = ratios(measured)
     out = {"device": str(device), "threads": torch.get_num_threads(), "measured": measured, "ratio_to_mha": rel}
     print(json.dumps(out, indent=2))
@@ -199,7 +211,9 @@ def main(argv: list[str] | None = None) -> dict:
     columns = ["layer", *next(iter(measured.values())).keys()]
     result = StudyResult(
         part="tucker",
-        study="bench_attention" + ("_cuda" if device.type == "cuda" else ""),
+        study="bench_attention" + ("_cuda" if device.type == "cuda" else "")
+        + (f"_decode_batch{args.decode_batch}" if args.decode_batch != 1 else "")
+        + ("_bf16" if dtype == torch.bfloat16 else ""),
         title=f"Attention layers at d=768, 12 heads on {device.type}: parameters, KV cache, prefill, decode, training",
         scale="quick" if args.quick else "full",
         summary=f"Tucker [8,128,64] vs MHA: {tucker['attention_parameters_reduction']:.1f}x fewer parameters, "
@@ -207,7 +221,9 @@ def main(argv: list[str] | None = None) -> dict:
         + ", ".join(f"{tucker[k]:.2f}x" for k in decode_keys)
         + f" at >= 1k context, training step {tucker[train_key]:.2f}x.",
         config={"d_model": D_MODEL, "n_heads": N_HEADS, "device": str(device), "threads": torch.get_num_threads(),
-                "quick": args.quick, "rope": True, "causal": True, "dtype": "float32"},
+                "quick": args.quick, "rope": True, "causal": True, "dtype": args.dtype,
+                "decode_batch": args.decode_batch,
+                "train_shape": list(args.train_shape or ((2, 256) if args.quick else (4, 1024)))},
         seeds=[0],
         metrics=out,
         tables=[
