@@ -139,8 +139,8 @@ def run(scale: str, seed: int) -> StudyResult:
         Claim(f"Spreading OBBT over {n_jobs} processes is faster than serial",
               f"median serial / pool time {statistics.median(pool_speedup):.2f}x",
               "agrees" if statistics.median(pool_speedup) > 1.05 else "inconclusive",
-              "the pool is used only where the measured serial work of a layer exceeds 2 s; on small "
-              "networks it stays serial, so ~1x is the expected outcome there"),
+              "a layer goes to the pool only where its probe's cold and warm solve times predict a gain; "
+              "small networks stay serial, so ~1x is the expected outcome there"),
     ]
     table = Table(
         "Bounds and solve effort on peaks surrogates",

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import multiprocessing
+import os
 import time
 import warnings
 from collections.abc import Sequence
@@ -36,7 +37,11 @@ from structlab.relumip.network import Layer, ReluNetwork
 
 _ROUNDING = 1e-12  # relative widening of interval bounds against floating-point rounding
 _MILP_TOL = 1e-6  # relative widening of a MILP dual bound (the solver's feasibility tolerance)
-PARALLEL_MIN_SECONDS = 2.0  # estimated serial work of a layer above which OBBT uses processes
+# The cost model that decides whether a layer's bound problems go to worker processes (_Workers._pool_size)
+PROBE_ROWS = 6  # neurons solved here first, to time a cold and a warm-started solve
+MIN_ROWS_PER_WORKER = 4
+POOL_START_SECONDS = 1.5  # starting the processes (once per call): interpreter, numpy, scipy, highspy
+POOL_DISPATCH_SECONDS = 0.2  # sending a layer's model to the processes and collecting the bounds
 
 
 @dataclass(frozen=True)
@@ -130,7 +135,8 @@ def lp_bounds(
     """LP-based bound tightening (module docstring), layer by layer, starting from interval bounds.
 
     ``n_jobs``: processes to spread each layer's LPs over (default: the available cores; a layer whose
-    measured serial work is small is solved in this process). Raises ``ValueError`` for a bad box.
+    measured work would not pay for them is solved in this process, see ``_Workers._pool_size``).
+    Raises ``ValueError`` for a bad box.
     """
     start = interval_bounds(net, lower, upper)
     return _tighten(net, start, mip=False, time_limit=None, n_jobs=n_jobs, method="lp")
@@ -232,14 +238,15 @@ class _Workers:
         self, model: Model, cols: np.ndarray, rows: np.ndarray, mip: bool, time_limit: float | None
     ) -> tuple[np.ndarray, np.ndarray]:
         n = rows.shape[0]
-        probe = min(n, 4 if self.n_jobs > 1 else n)
+        probe = min(n, PROBE_ROWS if self.n_jobs > 1 else n)
         lo, hi, seconds = bound_rows(model, cols, rows[:probe], mip, time_limit)
         rest = n - probe
         if rest == 0:
             return lo, hi
-        if self.n_jobs > 1 and seconds / probe * rest >= PARALLEL_MIN_SECONDS:
+        workers = self._pool_size(seconds, rest)
+        if workers > 1:
             try:
-                lo2, hi2 = self._in_pool(model, cols, rows[probe:], mip, time_limit)
+                lo2, hi2 = self._in_pool(model, cols, rows[probe:], mip, time_limit, workers)
                 return np.concatenate([lo, lo2]), np.concatenate([hi, hi2])
             except BrokenProcessPool:
                 warnings.warn(
@@ -251,15 +258,42 @@ class _Workers:
         lo2, hi2, _ = bound_rows(model, cols, rows[probe:], mip, time_limit)
         return np.concatenate([lo, lo2]), np.concatenate([hi, hi2])
 
+    def _pool_size(self, seconds: np.ndarray, rest: int) -> int:
+        """How many processes the remaining ``rest`` rows should go to (1: stay here), from the probe's times.
+
+        A chunk sent to a process starts cold (its first solve is like ``seconds[0]``), while here the
+        simplex goes on warm (like the later probe rows); processes pay only when
+        ``cold + warm * rest / k + overheads < 0.8 * warm * rest``, with ``k`` at most the idle cores.
+        """
+        if self.n_jobs == 1:
+            return 1
+        cold = float(seconds[0])
+        warm = float(np.median(seconds[1:])) if seconds.size > 1 else cold
+        k = min(self.n_jobs, idle_cores(), max(1, rest // MIN_ROWS_PER_WORKER))
+        if k == 1:
+            return 1
+        overhead = POOL_DISPATCH_SECONDS + (POOL_START_SECONDS if self.executor is None else 0.0)
+        parallel = cold + warm * math.ceil(rest / k) + overhead
+        return k if parallel < 0.8 * warm * rest else 1
+
     def _in_pool(
-        self, model: Model, cols: np.ndarray, rows: np.ndarray, mip: bool, time_limit: float | None
+        self, model: Model, cols: np.ndarray, rows: np.ndarray, mip: bool, time_limit: float | None, workers: int
     ) -> tuple[np.ndarray, np.ndarray]:
         if self.executor is None:
             self.executor = ProcessPoolExecutor(self.n_jobs, mp_context=multiprocessing.get_context("spawn"))
-        chunks = [c for c in np.array_split(np.arange(rows.shape[0]), self.n_jobs) if c.size]
+        chunks = [c for c in np.array_split(np.arange(rows.shape[0]), workers) if c.size]
         futures = [self.executor.submit(bound_rows, model, cols, rows[c], mip, time_limit) for c in chunks]
         parts = [f.result() for f in futures]
         return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+def idle_cores() -> int:
+    """Cores not busy with other work (this process's own included): usable cores minus the load."""
+    try:
+        load = os.getloadavg()[0]
+    except OSError:  # pragma: no cover - no load average on this platform
+        return runtime.cpu_count()
+    return max(1, math.floor(runtime.cpu_count() - load + 1.0))
 
 
 def bound_rows(
@@ -268,7 +302,7 @@ def bound_rows(
     """Sound ``min`` and ``max`` of ``rows[i] @ v[cols]`` over ``model``'s feasible set, for every row i.
 
     One HiGHS model is built and re-solved with new costs (a warm-started simplex for LPs). Returns
-    ``(lower, upper, seconds)``, the last being the time spent in the solver.
+    ``(lower, upper, seconds)``: bounds and the solver's time for each row (both of its problems).
     """
     from scipy.sparse import csr_matrix
 
@@ -285,7 +319,7 @@ def bound_rows(
     all_cols = np.arange(n, dtype=np.int32)
     lower = np.empty(rows.shape[0])
     upper = np.empty(rows.shape[0])
-    seconds = 0.0
+    seconds = np.zeros(rows.shape[0])
     for i, w in enumerate(rows):
         for sign, out in ((1.0, lower), (-1.0, upper)):
             c = np.zeros(n)
@@ -293,7 +327,7 @@ def bound_rows(
             highs.changeColsCost(n, all_cols, c)
             start = time.perf_counter()
             highs.run()
-            seconds += time.perf_counter() - start
+            seconds[i] += time.perf_counter() - start
             if mip:
                 bound = float(highs.getInfo().mip_dual_bound)
                 bound -= _MILP_TOL * (1.0 + abs(bound))
