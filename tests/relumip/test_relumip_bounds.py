@@ -105,3 +105,29 @@ def test_milp_time_limit_applies_to_each_problem_not_to_all_of_them() -> None:
     assert np.all(lo + net.layers[3].bias[0] >= lb.lower[3][0] - 1e-6)
     assert np.all(hi + net.layers[3].bias[0] <= lb.upper[3][0] + 1e-6)
     assert seconds.sum() < 4 * 0.5 + 1.0
+
+
+def test_worker_processes_do_not_rerun_an_unguarded_calling_script(tmp_path) -> None:
+    import subprocess
+    import sys
+    import textwrap
+
+    script = tmp_path / "unguarded.py"
+    script.write_text(textwrap.dedent("""
+        import numpy as np
+        from structlab.relumip import Layer, ReluNetwork, lp_bounds
+        from structlab.relumip import bounds
+        print("script body", flush=True)
+        bounds._Workers._pool_size = lambda self, seconds, rest: 2  # force the process pool
+        rng = np.random.default_rng(0)
+        net = ReluNetwork((Layer(rng.normal(size=(12, 2)), rng.normal(size=12)),
+                           Layer(rng.normal(size=(12, 12)), rng.normal(size=12)),
+                           Layer(rng.normal(size=(1, 12)), np.zeros(1), "linear")))
+        parallel = lp_bounds(net, -np.ones(2), np.ones(2), n_jobs=2)
+        serial = lp_bounds(net, -np.ones(2), np.ones(2), n_jobs=1)
+        print("same", np.allclose(parallel.upper[1], serial.upper[1], atol=1e-7))
+    """))
+    out = subprocess.run([sys.executable, "-W", "error::RuntimeWarning", str(script)], capture_output=True,
+                         text=True, timeout=120, check=True).stdout
+    assert out.count("script body") == 1
+    assert "same True" in out

@@ -18,12 +18,14 @@ model each) when the measured time of the first problems says it pays.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import multiprocessing
 import os
+import sys
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -249,11 +251,8 @@ class _Workers:
                 lo2, hi2 = self._in_pool(model, cols, rows[probe:], mip, time_limit, workers)
                 return np.concatenate([lo, lo2]), np.concatenate([hi, hi2])
             except BrokenProcessPool:
-                warnings.warn(
-                    "bound tightening: worker processes failed to start; solving serially. A script that "
-                    "calls lp_bounds/milp_bounds must guard its top level with `if __name__ == '__main__':` "
-                    "(worker processes are started with 'spawn').", RuntimeWarning, stacklevel=4,
-                )
+                warnings.warn("bound tightening: worker processes failed; solving serially",
+                              RuntimeWarning, stacklevel=4)
                 self.n_jobs = 1
         lo2, hi2, _ = bound_rows(model, cols, rows[probe:], mip, time_limit)
         return np.concatenate([lo, lo2]), np.concatenate([hi, hi2])
@@ -282,9 +281,31 @@ class _Workers:
         if self.executor is None:
             self.executor = ProcessPoolExecutor(self.n_jobs, mp_context=multiprocessing.get_context("spawn"))
         chunks = [c for c in np.array_split(np.arange(rows.shape[0]), workers) if c.size]
-        futures = [self.executor.submit(bound_rows, model, cols, rows[c], mip, time_limit) for c in chunks]
+        with _main_script_hidden():  # processes start during submit
+            futures = [self.executor.submit(bound_rows, model, cols, rows[c], mip, time_limit) for c in chunks]
         parts = [f.result() for f in futures]
         return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+@contextlib.contextmanager
+def _main_script_hidden() -> Iterator[None]:
+    """Hide the caller's ``__main__`` script from processes started meanwhile.
+
+    A 'spawn'ed process re-runs the parent's main script (up to its ``if __name__ == "__main__":``
+    guard) before it takes work. The workers need nothing from it (their work is :func:`bound_rows`), and
+    re-running a script without the guard would repeat its work, training included, in every process.
+    """
+    main = sys.modules.get("__main__")
+    saved = {k: main.__dict__[k] for k in ("__file__", "__spec__") if main is not None and k in main.__dict__}
+    try:
+        if main is not None:
+            main.__dict__.pop("__file__", None)
+            if "__spec__" in saved:
+                main.__spec__ = None
+        yield
+    finally:
+        if main is not None:
+            main.__dict__.update(saved)
 
 
 def idle_cores() -> int:
