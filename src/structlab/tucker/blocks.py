@@ -146,3 +146,36 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor, cache: Any = None) -> torch.Tensor:
         x = x + self.attn(self.ln_1(x), cache=cache)
         return x + self.mlp(self.ln_2(x))
+
+
+@torch.no_grad()
+def init_attention(attention: nn.Module, std: float = 0.02, out_std: float = 0.02) -> None:
+    """GPT-2's initialisation for any attention kind: weights ~ N(0, std), the output map ~ N(0, out_std).
+
+    MHA, GQA and MLA are stacks of ``nn.Linear`` and take it as written. For Tucker Attention the
+    factors that act on the model width (U_q, U_k, U_v) take ``std`` and U_o ``out_std``; the head
+    factors take 1/sqrt(rank) and the cores sqrt(d_H / (r2 r3)), so that every entry of W_qk and
+    W_vo has the variance it has in the GPT-2-initialised MHA layer (d_H std^4 and d_H std^2 out_std^2).
+    """
+    from structlab.tucker import TuckerAttention
+
+    if isinstance(attention, TuckerAttention):
+        (r1, r2, r3), (v1, v2, v3) = attention.ranks, attention.value_ranks
+        d_h = attention.head_dim
+        for factor in (attention.U_q, attention.U_k, attention.value_factor):
+            factor.normal_(0.0, std)
+        attention.U_o.normal_(0.0, out_std)
+        attention.U_head.normal_(0.0, r1**-0.5)
+        attention.U_head_v.normal_(0.0, v1**-0.5)
+        attention.core.normal_(0.0, (d_h / (r2 * r3)) ** 0.5)
+        attention.core_v.normal_(0.0, (d_h / (v2 * v3)) ** 0.5)
+        for bias in (attention.query_bias, attention.key_bias, attention.value_bias, attention.output_bias):
+            if bias is not None:
+                bias.zero_()
+        return
+    for module in attention.modules():
+        if isinstance(module, nn.Linear):
+            module.weight.normal_(0.0, std)
+            if module.bias is not None:
+                module.bias.zero_()
+    attention.o_proj.weight.normal_(0.0, out_std)

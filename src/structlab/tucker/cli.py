@@ -182,27 +182,13 @@ def make_task(kind: str, data_name: str, block_size: int = 256, eval_examples: i
         return task, {"data": "shakespeare", "vocab": corpus.vocab.chars, "val_plays": list(corpus.val_plays)}
     if data_name not in ("fashion-mnist", "digits"):
         raise ValueError(f"data={data_name!r}: the vit trains on 'fashion-mnist' or 'digits'")
-    from structlab.tucker.vit import ImageClassificationTask
+    from structlab.tucker.vit import ImageClassificationTask, load_images
 
-    train_x, train_y, test_x, test_y = image_data(data_name)
+    train_x, train_y, test_x, test_y = load_images(data_name)
     if eval_examples:
         test_x, test_y = test_x[:eval_examples], test_y[:eval_examples]
     scale = 255.0 if data_name == "fashion-mnist" else 16.0
     return ImageClassificationTask(train_x, train_y, test_x, test_y, scale=scale), {"data": data_name}
-
-
-def image_data(name: str) -> tuple[Any, Any, Any, Any]:
-    """(train images, train labels, test images, test labels): Fashion-MNIST's own split, or for
-    scikit-learn's digits a fixed split (every fifth image is a test image)."""
-    from structlab import images
-
-    if name == "fashion-mnist":
-        train_x, train_y, _ = images.load_fashion_mnist("train")
-        test_x, test_y, _ = images.load_fashion_mnist("test")
-        return train_x, train_y, test_x, test_y
-    x, y, _ = images.load_digits()
-    test = (torch.arange(len(y)) % 5 == 0).numpy()
-    return x[~test], y[~test], x[test], y[test]
 
 
 # --- commands ---------------------------------------------------------------------------------------

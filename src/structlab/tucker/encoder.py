@@ -144,15 +144,29 @@ def load_minilm() -> SentenceEncoder:
     return SentenceEncoder.from_state_dict(minilm_state_dict(), config).eval()
 
 
-def load_tokenizer(max_length: int = 256):
+def load_tokenizer(max_length: int | None = 256):
     """MiniLM's WordPiece tokenizer (``tokenizers``), lower-casing, adding [CLS]/[SEP], no padding,
-    truncating to ``max_length`` tokens (sentence-transformers' ``max_seq_length``)."""
+    truncating to ``max_length`` tokens (sentence-transformers' ``max_seq_length``; None: no truncation)."""
     from tokenizers import Tokenizer
 
     tokenizer = Tokenizer.from_file(str(minilm_folder() / "tokenizer.json"))
     tokenizer.no_padding()
-    tokenizer.enable_truncation(max_length)
+    if max_length is None:
+        tokenizer.no_truncation()
+    else:
+        tokenizer.enable_truncation(max_length)
     return tokenizer
+
+
+def wordpiece_stream(tokenizer, texts: Sequence[str]) -> torch.Tensor:
+    """The WordPiece ids (int64) of ``texts`` run together, without [CLS]/[SEP] (give it a tokenizer
+    without truncation: ``load_tokenizer(None)``)."""
+    ids: list[int] = []
+    for text in texts:
+        for paragraph in text.split("\n\n"):
+            if paragraph.strip():
+                ids.extend(tokenizer.encode(paragraph, add_special_tokens=False).ids)
+    return torch.tensor(ids, dtype=torch.long)
 
 
 @torch.no_grad()

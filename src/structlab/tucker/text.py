@@ -7,10 +7,12 @@ the whole corpus (84 characters): it fixes the vocabulary, never what the model 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -37,11 +39,14 @@ class CharVocab:
 
     def encode(self, text: str) -> torch.Tensor:
         """Token ids (int64, shape (len(text),)); raises ``ValueError`` naming a character not in the vocabulary."""
-        index = {c: i for i, c in enumerate(self.chars)}
-        try:
-            return torch.tensor([index[c] for c in text], dtype=torch.long)
-        except KeyError as err:
-            raise ValueError(f"text: character {err.args[0]!r} is not in the vocabulary") from None
+        codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+        table = np.full(max(map(ord, self.chars), default=0) + 1, -1, dtype=np.int64)  # code point -> id
+        table[[ord(c) for c in self.chars]] = np.arange(len(self.chars))
+        ids = table[np.minimum(codes, len(table) - 1)] if len(codes) else np.zeros(0, dtype=np.int64)
+        unknown = (codes >= len(table)) | (ids < 0)
+        if unknown.any():
+            raise ValueError(f"text: character {chr(codes[np.argmax(unknown)])!r} is not in the vocabulary")
+        return torch.from_numpy(ids)
 
     def decode(self, ids: Sequence[int] | torch.Tensor) -> str:
         """The text of token ids."""
@@ -96,6 +101,23 @@ def load_shakespeare(val_plays: Sequence[str] = VALIDATION_PLAYS, download: bool
         return vocab.encode("\n\n".join(texts[p] for p in plays)).to(torch.uint8)
 
     return CharCorpus(stream(train_plays), stream(val_sorted), vocab, train_plays, val_sorted, where)
+
+
+def speeches(text: str, min_words: int = 8, max_words: int = 40) -> list[str]:
+    """The speeches of a play with ``min_words`` .. ``max_words`` words, each joined into one line.
+
+    A speech is a paragraph whose first line names its speaker (``Ham.``, ``First Witch.``); stage
+    directions (lines in brackets) are left out.
+    """
+    out = []
+    for block in re.split(r"\n\s*\n", text):
+        lines = [line.strip() for line in block.strip().splitlines()]
+        if len(lines) < 2 or not re.fullmatch(r"[A-Z][A-Za-z' ]{0,30}\.", lines[0]):
+            continue
+        body = " ".join(line for line in lines[1:] if not line.startswith("["))
+        if min_words <= len(body.split()) <= max_words:
+            out.append(body)
+    return out
 
 
 def random_windows(

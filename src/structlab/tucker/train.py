@@ -191,6 +191,7 @@ def fit(
     bar = runtime.progress(total=config.steps, initial=step, desc=desc, **quiet)
     start = time.perf_counter()
     running, count = torch.zeros((), device=device), 0
+    shown: dict[str, str] = {}  # the latest validation metrics, kept on the progress bar
     model.train()
     while step < config.steps:
         lr = learning_rate(step, config)
@@ -209,13 +210,16 @@ def fit(
         count += 1
         step += 1
         bar.update(1)
+        if step % 10 == 0:  # reading the loss waits for the device: not at every step
+            bar.set_postfix(loss=f"{float(loss.detach()):.3f}", **shown)
         if step % config.eval_every == 0 or step == config.steps:
             record = {"step": step, "lr": lr, "train_loss": float(running) / count}
             record.update({f"val_{k}": v for k, v in evaluate(model, task, process, device, config.autocast).items()})
             record["seconds"] = resumed_seconds + time.perf_counter() - start
             history.append(record)
             running, count = torch.zeros((), device=device), 0
-            bar.set_postfix(loss=f"{record['train_loss']:.3f}", val=f"{record.get('val_loss', float('nan')):.3f}")
+            shown = {k: f"{v:.3f}" for k, v in record.items() if k.startswith("val_")}
+            bar.set_postfix(loss=f"{record['train_loss']:.3f}", **shown)
             if config.checkpoint:
                 if process.is_main:
                     rng = {"data": data_rng.get_state(), "torch": torch.get_rng_state()}

@@ -129,6 +129,23 @@ class ImageClassificationTask:
         }
 
 
+def load_images(name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(train images, train labels, test images, test labels) of ``name``: Fashion-MNIST with its own
+    split (``"fashion-mnist"``), or scikit-learn's digits (``"digits"``) split by a fixed rule (every
+    fifth image is a test image). Raises ``DataNotFoundError`` when the data set is absent."""
+    from structlab import images
+
+    if name == "fashion-mnist":
+        train_x, train_y, _ = images.load_fashion_mnist("train")
+        test_x, test_y, _ = images.load_fashion_mnist("test")
+        return train_x, train_y, test_x, test_y
+    if name != "digits":
+        raise ValueError(f"data={name!r}: expected 'fashion-mnist' or 'digits'")
+    x, y, _ = images.load_digits()
+    test = np.arange(len(y)) % 5 == 0
+    return x[~test], y[~test], x[test], y[test]
+
+
 def _as_float(images: np.ndarray, scale: float) -> torch.Tensor:
     array = torch.as_tensor(np.asarray(images), dtype=torch.float32) / scale
     return array[:, None] if array.dim() == 3 else array
