@@ -12,6 +12,7 @@ from structlab.relumip import (
     InfeasibleError,
     ReluNetwork,
     TimeLimitError,
+    UnboundedError,
     interval_bounds,
     lp_bounds,
     optimize,
@@ -121,6 +122,17 @@ def test_contradictory_constraints_raise_infeasible() -> None:
         form.solve()
 
 
+@pytest.mark.parametrize("solver", ["highs", "scip"])
+def test_an_unbounded_problem_variable_raises_unbounded(solver: str) -> None:
+    net = ReluNetwork.from_torch(random_mlp((2, 4, 1), seed=10))
+    form = Formulation(net, *BOX)
+    (u,) = form.add_variables(1, lower=-np.inf, upper=np.inf)
+    form.add_constraint([u, form.y[0]], [1.0, -1.0], upper=0.0)  # u <= y: unbounded below
+    form.set_objective([u], [1.0], sense="min")
+    with pytest.raises(UnboundedError):
+        form.solve(solver=solver)
+
+
 def test_time_limit_returns_best_solution_and_raise_for_status_raises() -> None:
     net = ReluNetwork.from_torch(random_mlp((2, 60, 60, 60, 1), seed=11))
     sol = optimize(net, *BOX, 1.0, time_limit=0.05, warm_start=np.zeros(2))
@@ -153,7 +165,9 @@ def test_warm_start_is_the_forward_pass_and_feasible() -> None:
     assert np.all(activity >= lo - 1e-9) and np.all(activity <= hi + 1e-9)
     assert np.all(point >= form.model.col_lower - 1e-12) and np.all(point <= form.model.col_upper + 1e-12)
     form.set_objective(form.y, [1.0])
-    assert form.solve(warm_start=x0).objective == pytest.approx(optimize(net, *BOX, 1.0).objective, abs=1e-7)
+    best = optimize(net, *BOX, 1.0).objective
+    for solver in ("highs", "scip"):
+        assert form.solve(solver=solver, warm_start=x0).objective == pytest.approx(best, abs=1e-7)
 
 
 @pytest.mark.parametrize("suffix", [".mps", ".lp"])
