@@ -315,3 +315,12 @@ def test_mismatched_cache_is_rejected() -> None:
 def test_input_of_wrong_width_is_rejected() -> None:
     with pytest.raises(ValueError, match=r"expected \(batch, seq, d_model=24\)"):
         MultiHeadAttention(D, H)(torch.randn(2, 3, 25))
+
+
+def test_latent_rope_frequencies_are_set_by_the_latent_size() -> None:
+    r3, d_c = 8, 12
+    expected = 10000.0 ** (-torch.arange(0, r3, 2, dtype=torch.float64) / r3)
+    torch.testing.assert_close(TuckerAttention(D, H, (2, 8, r3), rope=True).rope_frequencies, expected)
+    expected = 500.0 ** (-torch.arange(0, d_c, 2, dtype=torch.float64) / d_c)
+    torch.testing.assert_close(MultiHeadLatentAttention(D, H, d_c, rope=True, rope_base=500.0).rope_frequencies,
+                               expected)
