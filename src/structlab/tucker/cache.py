@@ -21,7 +21,8 @@ class KVCache:
     Create it with the layer's ``new_cache()``; pass the same object to every ``forward`` call of a
     decoding run. ``length`` is the number of cached positions (the position of the next token, which
     RoPE uses); ``tensors`` maps each name to the filled part, shape (batch, heads, length, dim);
-    ``nbytes`` is the memory those filled parts take.
+    ``nbytes`` is the memory those filled parts take. Appending writes in place, so decode under
+    ``torch.no_grad()`` or ``torch.inference_mode()``: no gradient flows through a cache across calls.
     """
 
     def __init__(self, shapes: dict[str, tuple[int, int]]) -> None:
