@@ -97,3 +97,33 @@ def box_samples(lower: np.ndarray, upper: np.ndarray, n: int, seed: int) -> np.n
     inside = lower + (upper - lower) * rng.random((n, lower.size))
     corners = np.array(list(itertools.product(*zip(lower, upper, strict=True))))
     return np.vstack([inside, corners])
+
+
+def regions_by_enumeration(module: torch.nn.Sequential, lower: np.ndarray, upper: np.ndarray) -> int:
+    """Number of ReLU activation patterns whose region has an interior: for each pattern, the largest ball
+    inside its polytope (Chebyshev centre, one LP) must have a positive radius."""
+    layers = affine_layers(module)[:-1]
+    n_hidden = sum(W.shape[0] for W, _, _ in layers)
+    n_in = lower.size
+    count = 0
+    for pattern in itertools.product((0, 1), repeat=n_hidden):
+        M, m = np.eye(n_in), np.zeros(n_in)
+        rows, rhs = [], []
+        k = 0
+        for W, b, _ in layers:
+            Ma, ma = W @ M, W @ m + b
+            on = np.array(pattern[k:k + W.shape[0]], dtype=bool)
+            k += W.shape[0]
+            sign = np.where(on, -1.0, 1.0)  # active: -a <= 0, inactive: a <= 0
+            rows.extend(sign[:, None] * Ma)
+            rhs.extend(-sign * ma)
+            M, m = np.where(on[:, None], Ma, 0.0), np.where(on, ma, 0.0)
+        G = np.vstack([np.array(rows), np.eye(n_in), -np.eye(n_in)])
+        g = np.concatenate([np.array(rhs), upper, -lower])
+        norms = np.linalg.norm(G, axis=1)
+        # maximise r subject to G x + r |G_i| <= g
+        res = linprog(np.r_[np.zeros(n_in), -1.0], A_ub=np.c_[G, norms], b_ub=g,
+                      bounds=[(None, None)] * n_in + [(0, None)], method="highs")
+        if res.status == 0 and -res.fun > 1e-7:
+            count += 1
+    return count

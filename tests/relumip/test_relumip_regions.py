@@ -18,7 +18,7 @@ from structlab.relumip import (
 )
 from structlab.relumip import regions as regions_module
 
-from ._relumip_reference import random_mlp
+from ._relumip_reference import random_mlp, regions_by_enumeration
 
 
 def _one_layer(W: np.ndarray, b: np.ndarray) -> ReluNetwork:
@@ -77,6 +77,13 @@ def test_lp_enumeration_in_three_dimensions_matches_planes_in_general_position()
     net = _one_layer(rng.normal(size=(n, 3)), 0.1 * rng.normal(size=n))
     expected = sum(math.comb(n, k) for k in range(4))
     assert count_linear_regions(net, -100 * np.ones(3), 100 * np.ones(3)) == expected
+
+
+@pytest.mark.parametrize("widths", [(3, 4, 3, 1), (2, 5, 4, 1)])
+def test_exact_count_equals_enumeration_of_patterns_with_an_interior(widths: tuple[int, ...]) -> None:
+    module = random_mlp(widths, seed=5)
+    lo, hi = -np.ones(widths[0]), np.ones(widths[0])
+    assert count_linear_regions(ReluNetwork.from_torch(module), lo, hi) == regions_by_enumeration(module, lo, hi)
 
 
 def test_sampled_estimate_brackets_the_exact_count() -> None:

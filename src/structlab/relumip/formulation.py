@@ -80,11 +80,11 @@ def encode_layer(
     a[unstable_idx] = model.add_variables(unstable_idx.size, lower[unstable], upper[unstable], name=f"{name}.a")
 
     # a - W h_prev = b for every neuron that is not constant
-    rows = np.flatnonzero(linear | unstable)
+    varying = np.flatnonzero(linear | unstable)
     model.add_rows(
-        [np.concatenate(([a[j]], h_prev)) for j in rows],
-        [np.concatenate(([1.0], -layer.weight[j])) for j in rows],
-        layer.bias[rows], layer.bias[rows],
+        [np.concatenate(([a[j]], h_prev)) for j in varying],
+        [np.concatenate(([1.0], -layer.weight[j])) for j in varying],
+        layer.bias[varying], layer.bias[varying],
     )
 
     z = np.full(n, NO_VAR)

@@ -264,49 +264,100 @@ def _split(
 
 # --------------------------------------------------------------------------------- exact, any dim
 def _count_by_lp(net: ReluNetwork, lo: np.ndarray, hi: np.ndarray, max_regions: int) -> int:
-    """Regions as inequality systems ``G x <= g``; a split is real when ``a_j`` changes sign inside."""
-    from scipy.optimize import linprog
+    """Regions as inequality systems ``G x <= g`` with a point ``p`` strictly inside each.
+
+    The sign of ``a_j(p)`` says on which side of a hyperplane the region lies at ``p``; one LP for the
+    extreme of ``a_j`` in the other direction says whether it reaches across (a split). The new region on
+    the far side gets the interior point ``p + t (q - p)`` between ``p`` and the LP's extreme point ``q``,
+    past the hyperplane (``t < 1`` keeps it strictly inside). Near a hyperplane both LPs are solved.
+    """
+    from structlab.relumip.solvers import new_highs
 
     folded = net.folded()
     d = net.input_dim
-    box = list(zip(lo, hi, strict=True))
     eps = 1e-9 * (1.0 + float(np.abs(np.concatenate([lo, hi])).max()))
+    cols = np.arange(d, dtype=np.int32)
 
-    def extremes(G: np.ndarray, g: np.ndarray, a: np.ndarray) -> tuple[float, float]:
-        kwargs = {"A_ub": G if len(G) else None, "b_ub": g if len(g) else None, "bounds": box, "method": "highs"}
-        low = linprog(a, **kwargs)
-        high = linprog(-a, **kwargs)
-        return float(low.fun), float(-high.fun)
+    def extreme(G: np.ndarray, g: np.ndarray, a: np.ndarray, sign: float) -> tuple[float, np.ndarray]:
+        """``min`` (sign 1) or ``max`` (sign -1) of ``a . x`` on the region, and where it is attained."""
+        highs = new_highs()
+        highs.addVars(d, lo, hi)
+        if len(G):
+            dense = np.ascontiguousarray(G, dtype=np.float64)
+            highs.addRows(len(G), np.full(len(G), -np.inf), g, dense.size,
+                          np.arange(0, dense.size, d, dtype=np.int32), np.tile(cols, len(G)), dense.ravel())
+        highs.changeColsCost(d, cols, sign * a)
+        highs.run()
+        x = np.asarray(highs.getSolution().col_value)
+        return float(a @ x), x
 
-    regions = [(np.zeros((0, d)), np.zeros(0), np.eye(d), np.zeros(d))]
+    def box_of(G: np.ndarray, g: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The smallest box around the region (2d LPs): interval arithmetic on it rules splits out cheaply."""
+        if not len(G):
+            return lo, hi
+        low = np.array([extreme(G, g, e, 1.0)[0] for e in np.eye(d)])
+        high = np.array([extreme(G, g, e, -1.0)[0] for e in np.eye(d)])
+        return low - eps, high + eps
+
+    def towards(p: np.ndarray, v: float, q: np.ndarray, w: float) -> np.ndarray:
+        t0 = v / (v - w)  # where a_j - level crosses zero on the segment from p (value v) to q (value w)
+        return p + 0.5 * (1.0 + t0) * (q - p)
+
+    regions = [(np.zeros((0, d)), np.zeros(0), 0.5 * (lo + hi), np.eye(d), np.zeros(d))]
     for layer in folded.hidden:
         clip = layer.clip if layer.activation == "clipped_relu" else None
         next_regions = []
-        for G, g, M, m in regions:
+        for G, g, point, M, m in regions:
             A, c = layer.weight @ M, layer.weight @ m + layer.bias
-            cells = [(G, g, np.zeros(layer.n_out, dtype=np.int8))]
+            box_lo, box_hi = box_of(G, g)  # also holds for every cell the region is split into
+            a_lo = np.minimum(A, 0.0) @ box_hi + np.maximum(A, 0.0) @ box_lo + c
+            a_hi = np.maximum(A, 0.0) @ box_hi + np.minimum(A, 0.0) @ box_lo + c
+            cells = [(G, g, point, np.zeros(layer.n_out, dtype=np.int8))]
             for j in range(layer.n_out):
                 for level in (0.0,) if clip is None else (0.0, float(clip[j])):
+                    if a_hi[j] - level <= eps or a_lo[j] - level >= -eps:  # no cell reaches across
+                        if a_lo[j] - level >= -eps:
+                            for cell in cells:
+                                cell[3][j] += 1
+                        continue
                     split = []
-                    for Gc, gc, pieces in cells:
-                        low, high = extremes(Gc, gc, A[j])
-                        value_low, value_high = low + c[j] - level, high + c[j] - level
-                        below, above = value_low < -eps, value_high > eps
-                        if not (below or above):  # a_j == level on the whole region: one piece
-                            below = True
-                        if below:
-                            split.append((np.vstack([Gc, A[j]]) if above else Gc,
-                                          np.append(gc, level - c[j]) if above else gc, pieces))
-                        if above:
-                            p = pieces.copy()
-                            p[j] += 1
-                            split.append((np.vstack([Gc, -A[j]]) if below else Gc,
-                                          np.append(gc, c[j] - level) if below else gc, p))
+                    for Gc, gc, p, pieces in cells:
+                        offset = c[j] - level
+                        v = float(A[j] @ p) + offset
+                        below_point = above_point = None
+                        if v < -eps:
+                            below_point = p
+                            w, q = extreme(Gc, gc, A[j], -1.0)
+                            if w + offset > eps:
+                                above_point = towards(p, v, q, w + offset)
+                        elif v > eps:
+                            above_point = p
+                            w, q = extreme(Gc, gc, A[j], 1.0)
+                            if w + offset < -eps:
+                                below_point = towards(p, v, q, w + offset)
+                        else:
+                            w_lo, q_lo = extreme(Gc, gc, A[j], 1.0)
+                            w_hi, q_hi = extreme(Gc, gc, A[j], -1.0)
+                            if w_lo + offset < -eps:
+                                below_point = 0.5 * (p + q_lo)
+                            if w_hi + offset > eps:
+                                above_point = 0.5 * (p + q_hi)
+                            if below_point is None and above_point is None:  # a_j == level throughout
+                                below_point = p
+                        both = below_point is not None and above_point is not None
+                        if below_point is not None:
+                            split.append((np.vstack([Gc, A[j]]) if both else Gc,
+                                          np.append(gc, -offset) if both else gc, below_point, pieces))
+                        if above_point is not None:
+                            piece = pieces.copy()
+                            piece[j] += 1
+                            split.append((np.vstack([Gc, -A[j]]) if both else Gc,
+                                          np.append(gc, offset) if both else gc, above_point, piece))
                     cells = split
-            for Gc, gc, pieces in cells:
+            for Gc, gc, p, pieces in cells:
                 on = pieces == 1
                 mh = np.where(on, c, 0.0) + (np.where(pieces == 2, clip, 0.0) if clip is not None else 0.0)
-                next_regions.append((Gc, gc, np.where(on[:, None], A, 0.0), mh))
+                next_regions.append((Gc, gc, p, np.where(on[:, None], A, 0.0), mh))
             if len(next_regions) > max_regions:
                 raise RuntimeError(
                     f"more than max_regions={max_regions} linear regions; use estimate_linear_regions"

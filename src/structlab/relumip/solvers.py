@@ -129,13 +129,15 @@ def _highspy() -> Any:
 _BANNER_SHOWN = False
 
 
-def _new_highs() -> Any:
-    """A ``highspy.Highs``; the first one of a process prints a banner to fd 1, which would corrupt JSON
-    printed by benchmarks and commands, so it is sent to /dev/null."""
+def new_highs() -> Any:
+    """A silent ``highspy.Highs``. The first one of a process prints a banner to fd 1, which would corrupt
+    JSON printed by benchmarks and commands, so it is sent to /dev/null."""
     global _BANNER_SHOWN
     highspy = _highspy()
     if _BANNER_SHOWN:
-        return highspy.Highs()
+        h = highspy.Highs()
+        h.setOptionValue("output_flag", False)
+        return h
     sys.stdout.flush()
     saved = os.dup(1)
     try:
@@ -146,14 +148,14 @@ def _new_highs() -> Any:
         os.dup2(saved, 1)
         os.close(saved)
     _BANNER_SHOWN = True
+    h.setOptionValue("output_flag", False)
     return h
 
 
 def highs_model(model: Model, names: bool = False) -> Any:
     """A silent ``highspy.Highs`` holding ``model`` (with variable names if ``names``)."""
     highspy = _highspy()
-    h = _new_highs()
-    h.setOptionValue("output_flag", False)
+    h = new_highs()
     n = model.num_variables
     h.addVars(n, model.col_lower, model.col_upper)
     starts, index, value, lower, upper = model.rows()
