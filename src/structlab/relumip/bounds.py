@@ -40,7 +40,8 @@ from structlab.relumip.network import Layer, ReluNetwork
 _ROUNDING = 1e-12  # relative widening of interval bounds against floating-point rounding
 _MILP_TOL = 1e-6  # relative widening of a MILP dual bound (the solver's feasibility tolerance)
 # The cost model that decides whether a layer's bound problems go to worker processes (_Workers._pool_size)
-PROBE_ROWS = 6  # neurons solved here first, to time a cold and a warm-started solve
+PROBE_ROWS = 6  # at most this many neurons solved here first, to time a cold and warm-started solves
+PROBE_SECONDS = 0.25  # ... and beyond the first two, only while the probe has taken less than this
 MIN_ROWS_PER_WORKER = 4
 POOL_START_SECONDS = 1.5  # starting the processes (once per call): interpreter, numpy, scipy, highspy
 POOL_DISPATCH_SECONDS = 0.2  # sending a layer's model to the processes and collecting the bounds
@@ -239,13 +240,19 @@ class _Workers:
     def bound_rows(
         self, model: Model, cols: np.ndarray, rows: np.ndarray, mip: bool, time_limit: float | None
     ) -> tuple[np.ndarray, np.ndarray]:
+        solver = RowBounds(model, cols, mip, time_limit)
         n = rows.shape[0]
-        probe = min(n, PROBE_ROWS if self.n_jobs > 1 else n)
-        lo, hi, seconds = bound_rows(model, cols, rows[:probe], mip, time_limit)
-        rest = n - probe
-        if rest == 0:
+        if self.n_jobs == 1:
+            lo, hi, _ = solver(rows)
             return lo, hi
-        workers = self._pool_size(seconds, rest)
+        # time a cold and some warm-started solves here, for at most PROBE_SECONDS beyond the first two
+        probe, seconds = 0, []
+        while probe < n and (probe < 2 or (probe < PROBE_ROWS and sum(seconds) < PROBE_SECONDS)):
+            seconds.append(solver(rows[probe:probe + 1])[2][0])
+            probe += 1
+        lo, hi = np.array(solver.lower), np.array(solver.upper)
+        rest = n - probe
+        workers = self._pool_size(np.array(seconds), rest) if rest else 1
         if workers > 1:
             try:
                 lo2, hi2 = self._in_pool(model, cols, rows[probe:], mip, time_limit, workers)
@@ -254,7 +261,7 @@ class _Workers:
                 warnings.warn("bound tightening: worker processes failed; solving serially",
                               RuntimeWarning, stacklevel=4)
                 self.n_jobs = 1
-        lo2, hi2, _ = bound_rows(model, cols, rows[probe:], mip, time_limit)
+        lo2, hi2, _ = solver(rows[probe:])
         return np.concatenate([lo, lo2]), np.concatenate([hi, hi2])
 
     def _pool_size(self, seconds: np.ndarray, rest: int) -> int:
@@ -317,45 +324,58 @@ def idle_cores() -> int:
     return max(1, math.floor(runtime.cpu_count() - load + 1.0))
 
 
+class RowBounds:
+    """Sound ``min`` and ``max`` of ``w @ v[cols]`` over ``model``'s feasible set, for one row ``w`` after another.
+
+    One HiGHS model is built once and re-solved with new costs (a warm-started simplex for LPs). A call
+    returns ``(lower, upper, seconds)`` for its rows, ``seconds`` being the solver's time per row (both
+    of its problems); ``lower``/``upper`` keep every bound computed so far.
+    """
+
+    def __init__(self, model: Model, cols: np.ndarray, mip: bool, time_limit: float | None) -> None:
+        from scipy.sparse import csr_matrix
+
+        from structlab.relumip.solvers import highs_model
+
+        self.highs = highs_model(model)
+        self.highs.setOptionValue("threads", 1)
+        if time_limit is not None:  # HiGHS restarts its clock at every run: this is a limit per problem
+            self.highs.setOptionValue("time_limit", float(time_limit))
+        self.model, self.cols, self.mip = model, cols, mip
+        starts, index, value, self.row_lo, self.row_hi = model.rows()
+        self.A = csr_matrix((value, index, starts), shape=(model.num_rows, model.num_variables))
+        self.col_lo, self.col_hi = model.col_lower, model.col_upper
+        self.lower: list[float] = []
+        self.upper: list[float] = []
+
+    def __call__(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        n = self.model.num_variables
+        all_cols = np.arange(n, dtype=np.int32)
+        lower, upper, seconds = np.empty(len(rows)), np.empty(len(rows)), np.zeros(len(rows))
+        for i, w in enumerate(rows):
+            for sign, out in ((1.0, lower), (-1.0, upper)):
+                c = np.zeros(n)
+                c[self.cols] = sign * w
+                self.highs.changeColsCost(n, all_cols, c)
+                start = time.perf_counter()
+                self.highs.run()
+                seconds[i] += time.perf_counter() - start
+                if self.mip:
+                    bound = float(self.highs.getInfo().mip_dual_bound)
+                    bound -= _MILP_TOL * (1.0 + abs(bound))
+                else:
+                    bound = _dual_bound(self.highs, self.A, c, self.row_lo, self.row_hi, self.col_lo, self.col_hi)
+                out[i] = sign * bound
+        self.lower.extend(lower)
+        self.upper.extend(upper)
+        return lower, upper, seconds
+
+
 def bound_rows(
     model: Model, cols: np.ndarray, rows: np.ndarray, mip: bool, time_limit: float | None
-) -> tuple[np.ndarray, np.ndarray, float]:
-    """Sound ``min`` and ``max`` of ``rows[i] @ v[cols]`` over ``model``'s feasible set, for every row i.
-
-    One HiGHS model is built and re-solved with new costs (a warm-started simplex for LPs). Returns
-    ``(lower, upper, seconds)``: bounds and the solver's time for each row (both of its problems).
-    """
-    from scipy.sparse import csr_matrix
-
-    from structlab.relumip.solvers import highs_model
-
-    highs = highs_model(model)
-    highs.setOptionValue("threads", 1)
-    if time_limit is not None:  # HiGHS restarts its clock at every run: this is a limit per problem
-        highs.setOptionValue("time_limit", float(time_limit))
-    n = model.num_variables
-    starts, index, value, row_lo, row_hi = model.rows()
-    A = csr_matrix((value, index, starts), shape=(model.num_rows, n))
-    col_lo, col_hi = model.col_lower, model.col_upper
-    all_cols = np.arange(n, dtype=np.int32)
-    lower = np.empty(rows.shape[0])
-    upper = np.empty(rows.shape[0])
-    seconds = np.zeros(rows.shape[0])
-    for i, w in enumerate(rows):
-        for sign, out in ((1.0, lower), (-1.0, upper)):
-            c = np.zeros(n)
-            c[cols] = sign * w
-            highs.changeColsCost(n, all_cols, c)
-            start = time.perf_counter()
-            highs.run()
-            seconds[i] += time.perf_counter() - start
-            if mip:
-                bound = float(highs.getInfo().mip_dual_bound)
-                bound -= _MILP_TOL * (1.0 + abs(bound))
-            else:
-                bound = _dual_bound(highs, A, c, row_lo, row_hi, col_lo, col_hi)
-            out[i] = sign * bound
-    return lower, upper, seconds
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:class:`RowBounds` of ``rows`` on a fresh model (what a worker process runs)."""
+    return RowBounds(model, cols, mip, time_limit)(rows)
 
 
 def _dual_bound(
