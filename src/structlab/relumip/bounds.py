@@ -207,10 +207,10 @@ def _tighten(
             for k in range(l):
                 h = encode_layer(model, h, folded.layers[k], L[k], U[k], relax=not mip, name=f"l{k}").h
             layer = folded.layers[l]
-            # only neurons that can be active need bounds (a dead or saturated one is constant)
+            # a dead or saturated hidden neuron is constant: its bounds do not matter
             clip = layer.clip if layer.activation == "clipped_relu" else np.full(layer.n_out, math.inf)
-            todo = np.flatnonzero((U[l] > 0) & (L[l] < clip)) if l < len(folded.layers) - 1 else np.arange(
-                layer.n_out)
+            output = l == len(folded.layers) - 1
+            todo = np.arange(layer.n_out) if output else np.flatnonzero((U[l] > 0) & (L[l] < clip))
             lo, hi = workers.bound_rows(model, h, layer.weight[todo], mip, time_limit)
             problems += 2 * todo.size
             L[l][todo] = np.maximum(L[l][todo], lo + layer.bias[todo])
