@@ -141,3 +141,27 @@ def test_attention_spec_rejects_sizes_of_another_kind() -> None:
 def test_impossible_layer_shapes_surface_the_library_error() -> None:
     with pytest.raises(ValueError, match="exceeds"):
         tiny_gpt("tucker:8,16,8")  # head rank 8 > 4 heads
+
+
+def test_tucker_initialisation_matches_the_variance_of_gpt2_initialised_mha_tensors() -> None:
+    from structlab.tucker import MultiHeadAttention, TuckerAttention, attention_tensors
+    from structlab.tucker.blocks import init_attention
+
+    std, out_std, d_h = 0.02, 0.005, 32
+    torch.manual_seed(0)
+    mha = MultiHeadAttention(128, 4)
+    init_attention(mha, std=std, out_std=out_std)
+    w_qk, w_vo = attention_tensors(mha)
+    assert w_qk.var().item() == pytest.approx(d_h * std**4, rel=0.05)  # entries of W_i^Q W_i^K^T
+    assert w_vo.var().item() == pytest.approx(d_h * std**2 * out_std**2, rel=0.05)
+    # A product of random factors with only 4 head coefficients varies a lot from draw to draw, so the
+    # expected variance is checked as a mean over draws.
+    ratios = []
+    for seed in range(30):
+        torch.manual_seed(seed)
+        tucker = TuckerAttention(128, 4, (4, 64, 32))
+        init_attention(tucker, std=std, out_std=out_std)
+        t_qk, t_vo = attention_tensors(tucker)
+        ratios.append((t_qk.var().item() / (d_h * std**4), t_vo.var().item() / (d_h * std**2 * out_std**2)))
+    mean_qk, mean_vo = (sum(r[k] for r in ratios) / len(ratios) for k in (0, 1))
+    assert 0.8 < mean_qk < 1.25 and 0.8 < mean_vo < 1.25

@@ -69,3 +69,16 @@ __all__ = [
     "tucker_ranks",
     "unfold",
 ]
+
+# Models, training and checkpoints built on these layers (the study part: gpt, vit, encoder, train).
+from structlab.tucker.blocks import AttentionSpec  # noqa: E402
+from structlab.tucker.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
+from structlab.tucker.encoder import SentenceEncoder, load_minilm  # noqa: E402
+from structlab.tucker.gpt import GPT, GPTConfig  # noqa: E402
+from structlab.tucker.train import TrainConfig, fit  # noqa: E402
+from structlab.tucker.vit import ViT, ViTConfig  # noqa: E402
+
+__all__ += [
+    "GPT", "AttentionSpec", "GPTConfig", "SentenceEncoder", "TrainConfig", "ViT", "ViTConfig", "fit",
+    "load_checkpoint", "load_minilm", "save_checkpoint",
+]

@@ -60,8 +60,8 @@ def pareto_figure(path: Path, panels: Sequence[tuple[str, Sequence[Point]]], yla
         ax.set_title(title)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
-    fig.subplots_adjust(left=0.08, right=0.98, bottom=0.12, top=0.92, wspace=0.22)
-    fig.savefig(path, dpi=130)
+    fig.subplots_adjust(wspace=0.25)
+    fig.savefig(path, dpi=130, bbox_inches="tight")
     plt.close(fig)
 
 
@@ -88,6 +88,6 @@ def spectra_figure(path: Path, rows: Sequence[tuple[str, Sequence[dict[str, list
             if r == len(rows) - 1:
                 ax.set_xlabel("index / mode size")
         axes[r][0].legend(fontsize=7)
-    fig.subplots_adjust(left=0.05, right=0.99, bottom=0.08, top=0.93, wspace=0.3, hspace=0.45)
-    fig.savefig(path, dpi=110)
+    fig.subplots_adjust(wspace=0.3, hspace=0.45)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)

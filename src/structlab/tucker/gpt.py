@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from structlab.tucker.blocks import AttentionSpec, Block
+from structlab.tucker.blocks import AttentionSpec, Block, init_attention
 
 
 @dataclass
@@ -59,13 +59,15 @@ class GPT(nn.Module):
         self.ln_f = nn.LayerNorm(d, bias=config.bias)
         self.lm_head = nn.Linear(d, config.vocab_size, bias=False)
         self.lm_head.weight = self.wte.weight
-        # GPT-2's initialisation for embeddings and MLPs (scaled for the projection that writes into the
-        # residual stream); each attention layer keeps its own, so every kind starts as its library defines it.
+        # GPT-2's initialisation, N(0, 0.02) with the projections that write into the residual stream scaled
+        # by 1/sqrt(2 n_layer), for every attention kind alike (Tucker's factors matched to MHA's tensors).
+        residual_std = 0.02 / math.sqrt(2 * config.n_layer)
         for module in (self.wte, self.wpe, *(block.mlp for block in self.blocks)):
             if module is not None:
                 module.apply(_init_weights)
         for block in self.blocks:
-            nn.init.normal_(block.mlp.proj.weight, std=0.02 / math.sqrt(2 * config.n_layer))
+            nn.init.normal_(block.mlp.proj.weight, std=residual_std)
+            init_attention(block.attn, std=0.02, out_std=residual_std)
 
     def forward(self, idx: torch.Tensor, caches: list[Any] | None = None) -> torch.Tensor:
         """Logits (batch, seq, vocab) for token ids ``idx`` (batch, seq).

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from structlab.tucker.blocks import AttentionSpec, Block
+from structlab.tucker.blocks import AttentionSpec, Block, init_attention
 
 
 @dataclass
@@ -66,6 +66,15 @@ class ViT(nn.Module):
         )
         self.norm = nn.LayerNorm(d)
         self.head = nn.Linear(d, config.n_classes)
+        # timm's ViT initialisation: N(0, 0.02) weights, zero biases, for every attention kind alike.
+        for block in self.blocks:
+            for linear in (block.mlp.fc, block.mlp.proj):
+                nn.init.normal_(linear.weight, std=0.02)
+                if linear.bias is not None:
+                    nn.init.zeros_(linear.bias)
+            init_attention(block.attn, std=0.02, out_std=0.02)
+        nn.init.normal_(self.head.weight, std=0.02)
+        nn.init.zeros_(self.head.bias)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Class logits (batch, n_classes) for ``images`` (batch, channels, image_size, image_size)."""
