@@ -94,23 +94,43 @@ class Plan:
     train: TrainConfig
     sweep_methods: tuple[str, ...] = ("interval", "lp")
     lever_methods: tuple[str, ...] = ("interval", "lp")
+    sweep_solver_seeds: tuple[int, ...] = (0,)
     region_samples: int = 100_000
     data: dict[str, Any] = field(default_factory=dict)
-    instances: dict[str, Any] = field(default_factory=dict)
 
-    def networks(self) -> list[tuple[tuple[int, ...], Lever, int, tuple[str, ...]]]:
-        """(hidden, lever, training seed, methods) of every network to train, without repeats."""
-        out: dict[tuple[tuple[int, ...], str, int], tuple[tuple[int, ...], Lever, int, tuple[str, ...]]] = {}
+    def networks(self) -> list[NetworkSpec]:
+        """Every network to train, without repeats: the plain network of the lever architecture is solved
+        with the sweep's and the lever grid's methods and solver seeds."""
+        out: dict[tuple[tuple[int, ...], str, int], NetworkSpec] = {}
         for seed in self.train_seeds:
             for hidden in self.architectures:
-                out[(hidden, PLAIN.label, seed)] = (hidden, PLAIN, seed, self.sweep_methods)
+                out[(hidden, PLAIN.label, seed)] = NetworkSpec(hidden, PLAIN, seed, self.sweep_methods,
+                                                               self.sweep_solver_seeds)
             for lever in self.levers:
                 key = (self.lever_architecture, lever.label, seed)
-                methods = self.lever_methods
-                if key in out:  # the plain network of the lever grid is also in the sweep: solve it both ways
-                    methods = tuple(dict.fromkeys((*out[key][3], *methods)))
-                out[key] = (self.lever_architecture, lever, seed, methods)
+                spec = NetworkSpec(self.lever_architecture, lever, seed, self.lever_methods, self.solver_seeds)
+                if key in out:
+                    shared = out[key]
+                    spec = replace(spec, methods=tuple(dict.fromkeys((*shared.methods, *spec.methods))),
+                                   solver_seeds=tuple(dict.fromkeys((*shared.solver_seeds, *spec.solver_seeds))))
+                out[key] = spec
         return list(out.values())
+
+
+@dataclass(frozen=True)
+class NetworkSpec:
+    """One network of a plan: its hidden widths, lever, training seed, solve methods and solver seeds."""
+
+    hidden: tuple[int, ...]
+    lever: Lever
+    seed: int
+    methods: tuple[str, ...]
+    solver_seeds: tuple[int, ...]
+
+    @property
+    def key(self) -> str:
+        return (f"{arch_label(self.hidden)}|{self.lever.label}|{self.seed}|{','.join(self.methods)}|"
+                f"{','.join(map(str, self.solver_seeds))}")
 
 
 # ------------------------------------------------------------------------------------ measuring
@@ -413,19 +433,17 @@ def run_box_problem(
     cache = RecordCache(ctx)
     entries = []
     networks = plan.networks()
-    for i, (hidden, lever, seed, methods) in enumerate(networks):
-        key = f"{arch_label(hidden)}|{lever.label}|{seed}|{','.join(methods)}"
+    for i, spec in enumerate(networks):
+        hidden, lever, seed, key = spec.hidden, spec.lever, spec.seed, spec.key
         entry = cache.get(key)
         if entry is None:
             net, train_seconds = train_regressor(ds, hidden, lever, seed, plan.train)
             entry = {"arch": arch_label(hidden), "depth": len(hidden), "width": hidden[0], "lever": lever.label,
                      "lever_name": lever.name, "lever_value": lever.value, "seed": seed,
                      "test_error": ds.test_error(net), "train_seconds": train_seconds}
-            entry["solves"] = solve_all(net, [instance], methods, plan.solver_seeds, plan.time_limit, ctx.log)
+            entry["solves"] = solve_all(net, [instance], spec.methods, spec.solver_seeds, plan.time_limit, ctx.log)
             for method in ("interval", "lp"):  # the network's indicators under each kind of bounds
-                first = next(s for s in entry["solves"] if s["method"] == method)
-                entry.update({f"{k}_{method}": first[k] for k in ("stable", "big_m", "network_binaries",
-                                                                  "bounds_seconds")})
+                entry.update(_indicators_of(net, ds, method, entry["solves"]))
             entry.update(region_count(net, ds.lower, ds.upper, plan.region_samples, seed, exact_regions(hidden)))
             if extra is not None:
                 entry.update(extra(net, entry["solves"]))
@@ -434,6 +452,17 @@ def run_box_problem(
                 f"solved {sum(s['solved'] for s in entry['solves'])}/{len(entry['solves'])}")
         entries.append(entry)
     return entries
+
+
+def _indicators_of(net: ReluNetwork, ds: Dataset, method: str, records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stable share, big-M, binaries and bound time under ``method``'s bounds, from a solve that used them
+    (or computed here when no solve did)."""
+    first = next((r for r in records if r["method"] == method), None)
+    if first is None:
+        bounds = interval_bounds(net, ds.lower, ds.upper) if method == "interval" else lp_bounds(
+            net, ds.lower, ds.upper, n_jobs=1)
+        first = bound_indicators(net, bounds)
+    return {f"{k}_{method}": first[k] for k in ("stable", "big_m", "network_binaries", "bounds_seconds")}
 
 
 def solves(entries: Iterable[dict[str, Any]], **match: Any) -> list[dict[str, Any]]:
@@ -602,7 +631,8 @@ PEAKS_PLANS = {
         architectures=tuple((w,) * d for w in (25, 50) for d in (2, 3, 4, 5)), lever_architecture=(25, 25, 25),
         levers=levers(l1=(1e-4, 1e-3, 1e-2), rs=(1e-3, 1e-2, 1e-1), clip=(0.5, 1.0), dropout=(0.05, 0.2)),
         train_seeds=(0, 1, 2), solver_seeds=(0, 1), time_limit=30.0,
-        train=TrainConfig(epochs=150, batch_size=64), sweep_methods=METHODS,
+        train=TrainConfig(epochs=100, batch_size=64), sweep_methods=("interval", "lp", "lp+rescale"),
+        lever_methods=("lp",),
         region_samples=100_000, data={"n_train": 2048, "n_test": 2048},
     ),
 }
@@ -692,12 +722,11 @@ def peaks_study(ctx: StudyContext) -> StudyResult:
               ["network", "test error (nRMSE)", "linear regions", "stable (interval)", "stable (LP)",
                "largest big-M, last layer (interval)", "... (LP)", "time interval (s)", "solved",
                "time LP (s)", "solved"], growth_rows,
-              note=f"median [q1, q3] over {len(plan.train_seeds)} training seeds x {len(plan.solver_seeds)} solver "
-                   f"seeds; time limit {plan.time_limit:g} s; regions exact for width 25 up to depth 3, else sampled"),
+              note=f"median [q1, q3] over {len(plan.train_seeds)} training seeds x {len(plan.sweep_solver_seeds)} "
+                   f"solver seeds; time limit {plan.time_limit:g} s; regions exact for width <= 25 up to depth 3, "
+                   "else sampled (Chao1)"),
         _method_table(sweep, plan.sweep_methods, "Solve methods on the plain networks"),
         lever_table(entries, lever_arch, "lp", f"Training levers on {lever_arch} (LP bounds)", "test error (nRMSE)"),
-        lever_table(entries, lever_arch, "interval", f"Training levers on {lever_arch} (interval bounds)",
-                    "test error (nRMSE)"),
         _region_check_table(entries),
     ]
     return StudyResult(

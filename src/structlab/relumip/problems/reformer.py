@@ -71,16 +71,25 @@ def instance(ds: Dataset) -> Instance:
 
 
 def simulated(x: np.ndarray) -> np.ndarray:
-    """The simulator's outputs (12,) at input ``x`` (2,), interpolated linearly in the 2,800 rows: the
-    truth the surrogate's optimum is checked against. Raises ``DataNotFoundError`` without the data."""
-    span, interpolate = _simulator()
-    return np.asarray(interpolate(np.asarray(x, dtype=np.float64)[None, :] / span))[0]
+    """The simulator's outputs (12,) at input ``x`` (2,), interpolated bilinearly in the simulated grid
+    (70 bypass fractions x 39 steam ratios): the truth the surrogate's optimum is checked against.
+    Raises ``DataNotFoundError`` without the data."""
+    return _simulator()(np.asarray(x, dtype=np.float64)[None, :])[0]
 
 
 @functools.cache
-def _simulator() -> tuple[np.ndarray, Any]:
-    from scipy.interpolate import LinearNDInterpolator
+def _simulator() -> Any:
+    from scipy.interpolate import RegularGridInterpolator
 
     xs, ys, _ = read_table()
-    span = xs.max(axis=0) - xs.min(axis=0)  # interpolate on the unit square: the grid is uneven
-    return span, LinearNDInterpolator(xs / span, ys)
+    keys = np.round(xs, 9)  # the rows lie on a grid; NG Steam Ratio 1.0 appears twice per bypass value
+    grid = [np.unique(keys[:, 0]), np.unique(keys[:, 1])]
+    i = np.searchsorted(grid[0], keys[:, 0])
+    j = np.searchsorted(grid[1], keys[:, 1])
+    total = np.zeros((grid[0].size, grid[1].size, ys.shape[1]))
+    count = np.zeros(total.shape[:2])
+    np.add.at(total, (i, j), ys)
+    np.add.at(count, (i, j), 1)
+    if np.any(count == 0):
+        raise ValueError("reformer.csv: the rows do not fill a grid of bypass fractions x steam ratios")
+    return RegularGridInterpolator(grid, total / count[..., None])

@@ -1,0 +1,61 @@
+"""structlab's head-to-head encoder for OMLT: same network, same problem, same optimum."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from structlab.relumip import ReluNetwork, interval_bounds
+from structlab.relumip.problems import Instance, OutputConstraint, solve_instance
+
+omlt_compare = pytest.importorskip("structlab.relumip.omlt_compare")
+pytest.importorskip("omlt")
+
+
+def _net(widths: tuple[int, ...], seed: int, clip: float | None = None, **scaling: object) -> ReluNetwork:
+    torch.manual_seed(seed)
+    layers: list[torch.nn.Module] = []
+    for i, (a, b) in enumerate(zip(widths[:-1], widths[1:], strict=True)):
+        layers.append(torch.nn.Linear(a, b))
+        if i < len(widths) - 2:
+            layers.append(torch.nn.ReLU() if clip is None else torch.nn.Hardtanh(0.0, clip))
+    return ReluNetwork.from_torch(torch.nn.Sequential(*layers), **scaling)
+
+
+def test_omlt_and_structlab_find_the_same_optimum_with_scaling_and_output_constraint():
+    net = _net((2, 8, 8, 3), seed=0, input_offset=[0.5, -1.0], input_scale=[2.0, 0.5],
+               output_offset=[1.0, 0.0, -2.0], output_scale=[3.0, 1.0, 0.5])
+    lower, upper = np.array([-1.0, -2.0]), np.array([2.0, 0.0])
+    limit = float(np.median(net(np.random.default_rng(0).uniform(lower, upper, (500, 2)))[:, 2]))
+    inst = Instance("toy", lower, upper, "max", objective=np.array([1.0, -0.5, 0.0]),
+                    constraints=(OutputConstraint(np.array([0.0, 0.0, 1.0]), upper=limit),))
+    ours = solve_instance(net, inst, "lp", time_limit=60)
+    theirs = omlt_compare.solve_with_omlt(net, inst, time_limit=60)
+    assert ours.solved and theirs.solved
+    assert theirs.value == pytest.approx(ours.value, abs=1e-6)
+    assert theirs.violation <= 1e-6
+    # OMLT gives every ReLU a binary; its big-M come from interval arithmetic on the same network
+    assert theirs.binaries == sum(net.widths)
+    assert ours.binaries <= theirs.binaries
+    interval = interval_bounds(net, lower, upper)
+    expected = [float(np.maximum(-lo, hi).max()) for lo, hi in zip(interval.lower[:-1], interval.upper[:-1],
+                                                                     strict=True)]
+    np.testing.assert_allclose(theirs.big_m, expected, rtol=1e-6)
+
+
+def test_omlt_margin_instance_agrees_with_structlab():
+    net = _net((6, 10, 10, 4), seed=2)
+    x0 = np.random.default_rng(1).uniform(0.2, 0.8, 6)
+    inst = Instance("ball", x0 - 0.1, x0 + 0.1, "max", margin_label=int(np.argmax(net(x0))))
+    ours = solve_instance(net, inst, "interval", time_limit=60)
+    theirs = omlt_compare.solve_with_omlt(net, inst, time_limit=60)
+    assert ours.solved and theirs.solved
+    assert theirs.value == pytest.approx(ours.value, abs=1e-6)
+    assert theirs.value == pytest.approx(inst.evaluate(net, theirs.x), abs=1e-12)
+
+
+def test_omlt_refuses_clipped_relu():
+    net = _net((2, 4, 1), seed=0, clip=1.0)
+    with pytest.raises(ValueError, match="clipped"):
+        omlt_compare.network_definition(net, np.zeros(2), np.ones(2))
