@@ -17,6 +17,15 @@ from structlab.subject.backbones import EEGNet, EEGNeX, ShallowConvNet
 TOL = 1e-6
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Small models on a shared machine: one torch thread is faster than two contending ones."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 class ResidualConv1d(nn.Module):
     """Conv1d with stride, dilation, reflect padding and a residual connection, then a Linear head."""
 

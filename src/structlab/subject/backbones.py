@@ -216,5 +216,7 @@ def build(name: str, n_chans: int, n_outputs: int, n_times: int, **kwargs) -> nn
             raise ValueError(f"name={name!r}: braindecode.models has no such model")
         return cls(n_chans=n_chans, n_outputs=n_outputs, n_times=n_times, **kwargs)
     if name not in BACKBONES:
-        raise ValueError(f"name={name!r}: unknown backbone; expected one of {sorted(BACKBONES)} or 'braindecode:<Model>'")
+        raise ValueError(
+            f"name={name!r}: unknown backbone; expected one of {sorted(BACKBONES)} or 'braindecode:<Model>'"
+        )
     return BACKBONES[name](n_chans, n_outputs, n_times, **kwargs)

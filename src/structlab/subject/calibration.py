@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from structlab.subject.conditioned import SubjectConditioned
-from structlab.subject.training import as_tensor
-
-_NORMS = (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm)
+from structlab.subject.training import as_tensor, frozen_norms
 
 
 def calibrate(
@@ -73,7 +70,6 @@ def calibrate(
     layers = [layer for _, layer in wrapped.subject_layers()]
     adapters = [p for layer in layers for p in (layer.A, layer.B)]
     requires_grad = {id(p): p.requires_grad for p in wrapped.parameters()}
-    modes = {id(m): m.training for m in wrapped.modules()}
     dropout = wrapped.subject_dropout
     mask = torch.zeros(wrapped.n_subjects, dtype=torch.bool)
     mask[sid] = True
@@ -86,30 +82,26 @@ def calibrate(
             row_mask = mask.to(p.device).reshape(-1, *([1] * (p.dim() - 1))).to(p.dtype)
             hooks.append(p.register_hook(lambda grad, m=row_mask: grad * m))
         wrapped.subject_dropout = 0.0
-        wrapped.train()
-        for module in wrapped.modules():
-            if isinstance(module, _NORMS):
-                module.eval()  # keep the shared normalisation statistics
         optimiser = torch.optim.Adam(adapters, lr=lr)
         generator = torch.Generator().manual_seed(seed)
         device = adapters[0].device
-        for _ in range(epochs):
-            order = torch.randperm(x.shape[0], generator=generator)
-            for start in range(0, x.shape[0], batch_size):
-                batch = order[start : start + batch_size]
-                logits = wrapped(x[batch].to(device), torch.full((batch.numel(),), sid, device=device))
-                loss = F.cross_entropy(logits, y[batch].to(device))
-                if weight_decay:
-                    loss = loss + weight_decay * sum((p[sid] ** 2).sum() for p in adapters)
-                optimiser.zero_grad(set_to_none=True)
-                loss.backward()
-                optimiser.step()
+        with frozen_norms(wrapped):
+            for _ in range(epochs):
+                order = torch.randperm(x.shape[0], generator=generator)
+                for start in range(0, x.shape[0], batch_size):
+                    batch = order[start : start + batch_size]
+                    logits = wrapped(x[batch].to(device), torch.full((batch.numel(),), sid, device=device))
+                    loss = F.cross_entropy(logits, y[batch].to(device))
+                    if weight_decay:
+                        loss = loss + weight_decay * sum((p[sid] ** 2).sum() for p in adapters)
+                    optimiser.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimiser.step()
     finally:
         for hook in hooks:
             hook.remove()
         for p in wrapped.parameters():
             p.requires_grad_(requires_grad.get(id(p), True))
-        for module in wrapped.modules():
-            module.training = modes.get(id(module), module.training)
         wrapped.subject_dropout = dropout
     return sid
+

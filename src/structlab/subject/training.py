@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -111,7 +113,7 @@ def fit(
             loss.backward()
             optimiser.step()
             schedule.step()
-            total += float(loss) * batch.numel()
+            total += float(loss.detach()) * batch.numel()
         losses.append(total / x.shape[0])
     model.eval()
     return losses
@@ -138,6 +140,46 @@ def accuracy(model: nn.Module, x, y, subjects=None) -> float:
     """Fraction of trials whose predicted class equals ``y``."""
     y = np.asarray(y)
     return float((predict(model, x, subjects).argmax(1) == y).mean())
+
+
+NORMS = (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm)
+
+
+@contextlib.contextmanager
+def frozen_norms(model: nn.Module) -> Iterator[None]:
+    """Train ``model`` with its normalisation layers in evaluation mode (their statistics stay as they are).
+
+    Restores every module's training flag on exit.
+    """
+    modes = {id(m): m.training for m in model.modules()}
+    try:
+        model.train()
+        for module in model.modules():
+            if isinstance(module, NORMS):
+                module.eval()
+        yield
+    finally:
+        for module in model.modules():
+            module.training = modes.get(id(module), module.training)
+
+
+def fine_tune(model: nn.Module, x, y, epochs: int = 100, lr: float = 3e-4, batch_size: int = 32, seed: int = 0) -> None:
+    """Fine-tune every weight of a plain ``model`` on a few trials (Adam; normalisation statistics kept)."""
+    x = as_tensor(x, "x", torch.float32)
+    y = as_tensor(y, "y", torch.long)
+    _check_trials(x, y, None)
+    device = next(model.parameters()).device
+    optimiser = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
+    generator = torch.Generator().manual_seed(seed)
+    with frozen_norms(model):
+        for _ in range(epochs):
+            order = torch.randperm(x.shape[0], generator=generator)
+            for start in range(0, x.shape[0], batch_size):
+                batch = order[start : start + batch_size]
+                loss = F.cross_entropy(model(x[batch].to(device)), y[batch].to(device))
+                optimiser.zero_grad(set_to_none=True)
+                loss.backward()
+                optimiser.step()
 
 
 def _has_batchnorm(model: nn.Module) -> bool:
