@@ -384,7 +384,7 @@ VIT_PLANS = {
         # Tucker at ~63%, ~26% and ~16% of MHA's attention parameters.
         variants=("mha", "gqa:2", "gqa:1", "mla:16", "mla:8,16", "tucker:4,32,16", "tucker:4,16,8", "tucker:4,8,8"),
         seeds=(0, 1, 2),
-        schedule=Schedule(steps=500, batch_size=128, lr=2e-3, warmup=30, eval_every=250),
+        schedule=Schedule(steps=600, batch_size=128, lr=3e-3, warmup=30, eval_every=300),
         finetune={"ranks": (4, 8, 8), "method": "hosvd",
                   "schedule": asdict(Schedule(steps=150, batch_size=128, lr=1e-3, warmup=10, eval_every=150))},
     ),

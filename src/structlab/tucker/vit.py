@@ -90,8 +90,8 @@ class ViT(nn.Module):
 
 
 class ImageClassificationTask:
-    """Images and labels as a :class:`~structlab.tucker.train.Task`: random batches, random shifts of up
-    to ``max_shift`` pixels for training, a fixed evaluation set; metrics are loss and accuracy.
+    """Images and labels as a :class:`~structlab.tucker.train.Task`: random training batches, a fixed
+    evaluation set; metrics are loss and accuracy.
 
     ``images`` are uint8 (n, height, width) or (n, channels, height, width); they are scaled by
     ``scale`` and standardised with the training set's mean and standard deviation.
@@ -103,7 +103,6 @@ class ImageClassificationTask:
         labels: np.ndarray,
         eval_images: np.ndarray,
         eval_labels: np.ndarray,
-        max_shift: int = 2,
         scale: float = 255.0,
     ) -> None:
         train = _as_float(images, scale)
@@ -112,21 +111,12 @@ class ImageClassificationTask:
         self.labels = torch.as_tensor(np.asarray(labels), dtype=torch.long)
         if len(self.images) != len(self.labels):
             raise ValueError(f"labels: {len(self.labels)} for {len(self.images)} images")
-        self.max_shift = max_shift
         self.eval_set = ((_as_float(eval_images, scale) - self.mean) / self.std,
                          torch.as_tensor(np.asarray(eval_labels), dtype=torch.long))
 
     def sample(self, generator: torch.Generator, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
         rows = torch.randint(len(self.images), (batch_size,), generator=generator)
-        images = self.images[rows]
-        if self.max_shift:
-            # One random translation per batch (zero-padded): cheap augmentation that keeps the data order exact.
-            dy, dx = (torch.randint(-self.max_shift, self.max_shift + 1, (2,), generator=generator)).tolist()
-            pad = self.max_shift
-            padded = F.pad(images, (pad, pad, pad, pad), value=float(-self.mean / self.std))
-            h, w = images.shape[-2:]
-            images = padded[..., pad + dy : pad + dy + h, pad + dx : pad + dx + w]
-        return images, self.labels[rows]
+        return self.images[rows], self.labels[rows]
 
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(logits.float(), labels)
@@ -156,5 +146,5 @@ def load_images(name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarr
 
 
 def _as_float(images: np.ndarray, scale: float) -> torch.Tensor:
-    array = torch.as_tensor(np.asarray(images), dtype=torch.float32) / scale
+    array = torch.from_numpy(np.asarray(images, dtype=np.float32) / scale)  # a copy: the IDX buffers are read-only
     return array[:, None] if array.dim() == 3 else array
