@@ -146,6 +146,18 @@ def test_stored_runs_are_reused_only_by_the_same_code(tmp_path: Path) -> None:
         run_jobs([job, replace(job)], cache=tmp_path)
 
 
+def test_code_fingerprint_ignores_only_the_excluded_modules(tmp_path: Path) -> None:
+    from structlab.tucker.sweep import code_fingerprint
+
+    (tmp_path / "train.py").write_text("lr = 1\n")
+    (tmp_path / "figures.py").write_text("dpi = 100\n")
+    before = code_fingerprint(tmp_path, exclude=("figures.py",))
+    (tmp_path / "figures.py").write_text("dpi = 200\n")
+    assert code_fingerprint(tmp_path, exclude=("figures.py",)) == before
+    (tmp_path / "train.py").write_text("lr = 2\n")
+    assert code_fingerprint(tmp_path, exclude=("figures.py",)) != before
+
+
 def _square(x: int, calls: str) -> dict[str, int]:
     with open(calls, "a") as handle:
         handle.write("x")

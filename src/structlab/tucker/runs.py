@@ -17,8 +17,9 @@ import torch
 
 from structlab import runtime
 from structlab.tucker.blocks import AttentionSpec
+from structlab.tucker.decomposition import compress
 from structlab.tucker.gpt import GPT, GPTConfig
-from structlab.tucker.train import TrainConfig, fit
+from structlab.tucker.train import TrainConfig, evaluate, fit
 from structlab.tucker.vit import ImageClassificationTask, ViT, ViTConfig, load_images
 
 
@@ -123,7 +124,7 @@ def vit_run(
     """Train a ViT (``vit``: :class:`ViTConfig` fields but the attention) on ``data``; returns test
     accuracy and loss. With ``finetune`` (``ranks``, ``method``, ``schedule``) the trained model's
     attention is then compressed to Tucker ranks and fine-tuned, as the paper initialises Tucker ViTs
-    from pretrained MHA by HOSVD; the outcome is then the fine-tuned model's."""
+    from pretrained MHA by HOSVD; the outcome's ``finetuned`` entry holds that model's results."""
     train_x, train_y, test_x, test_y = _images(data, train_subset, test_subset)
     scale = 255.0 if data == "fashion-mnist" else 16.0
     task = ImageClassificationTask(train_x, train_y, test_x, test_y, scale=scale)
@@ -138,8 +139,6 @@ def vit_run(
     }
     if finetune is None:
         return outcome
-    from structlab.tucker import compress
-
     start = time.perf_counter()
     ranks = tuple(finetune["ranks"])
     spec = AttentionSpec("tucker", n_heads, ranks=ranks)
@@ -148,8 +147,6 @@ def vit_run(
     student = student.to(device)
     for src, dst in zip(model.blocks, student.blocks, strict=True):
         dst.attn = compress(copy.deepcopy(src.attn).cpu(), ranks, method=finetune["method"]).to(device)
-    from structlab.tucker.train import evaluate
-
     before = evaluate(student, task, device=device)
     tuned = fit(student, task, Schedule(**finetune["schedule"]).train_config(seed, device),
                 desc=f"vit {spec.label} from {attention}, seed {seed}")

@@ -22,17 +22,18 @@ import statistics
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from structlab import runtime
-from structlab.reproduce import StudyContext, fingerprint, study
+from structlab.reproduce import StudyContext, study
 from structlab.results import Claim, StudyResult, Table, format_spread, spread
 from structlab.tucker.figures import Point, pareto_figure, spectra_figure
 from structlab.tucker.pareto import params_at_loss
 from structlab.tucker.runs import Schedule, language_model_run, shakespeare_corpus, vit_run
-from structlab.tucker.sweep import Job, default_workers, run_jobs
+from structlab.tucker.sweep import Job, code_fingerprint, default_workers, run_jobs
 
 # The issue's goals and the paper's headline, as numbers the claims test against.
 GOAL_LM_GAP_NATS = 0.02  # Tucker within +0.02 nats of MHA ...
@@ -42,6 +43,14 @@ PAPER_RATIO = 0.1  # "an order of magnitude fewer attention parameters than GQA 
 GOAL_VIT_POINTS = 0.5  # Tucker within 0.5 accuracy points of MHA ...
 GOAL_VIT_FRACTION = 0.20  # ... with at most 20% of its attention parameters
 FULL_RANK_COSINE = 0.99999
+
+# Modules that only analyse and present stored runs: editing them keeps the runs (see run_salt).
+PRESENTATION = ("studies.py", "figures.py", "pareto.py", "cli.py", "rank_selection.py", "sweep.py")
+
+
+def run_salt(scale: str) -> str:
+    """What a stored run must have been made with: the scale and the code that trains it."""
+    return f"{scale}-{code_fingerprint(Path(__file__).parent, exclude=PRESENTATION)}"
 
 
 def _family(spec: str) -> str:
@@ -105,7 +114,7 @@ def run_charlm(ctx: StudyContext, plan: CharLMPlan) -> StudyResult:
         for width, specs in plan.variants.items() for spec in specs for seed in plan.seeds
     ]
     ctx.log(f"{len(jobs)} runs on {device}")
-    outcomes = run_jobs(jobs, cache=ctx.out_dir / "runs" / ctx.study, salt=fingerprint("tucker", ctx.scale),
+    outcomes = run_jobs(jobs, cache=ctx.out_dir / "runs" / ctx.study, salt=run_salt(ctx.scale),
                         workers=default_workers(device), log=ctx.log)
     by_config: dict[tuple[int, str], list[dict[str, Any]]] = {}
     for outcome in outcomes.values():
@@ -413,7 +422,7 @@ def run_vit(ctx: StudyContext, plan: ViTPlan) -> StudyResult:
         for spec in plan.variants for seed in plan.seeds
     ]
     ctx.log(f"{len(jobs)} runs on {device}")
-    outcomes = run_jobs(jobs, cache=ctx.out_dir / "runs" / ctx.study, salt=fingerprint("tucker", ctx.scale),
+    outcomes = run_jobs(jobs, cache=ctx.out_dir / "runs" / ctx.study, salt=run_salt(ctx.scale),
                         workers=default_workers(device), log=ctx.log)
     runs: dict[str, list[dict[str, Any]]] = {}
     for o in outcomes.values():

@@ -36,6 +36,17 @@ class Job:
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def code_fingerprint(package: Path, exclude: Sequence[str] = ()) -> str:
+    """A hash of the package's modules (``*.py`` beside each other), leaving out ``exclude`` (file names):
+    stored runs stay valid while only the code that analyses or presents them changes."""
+    digest = hashlib.sha256()
+    for path in sorted(package.glob("*.py")):
+        if path.name not in exclude:
+            digest.update(path.name.encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def default_workers(device: str) -> int:
     """Parallel runs: several processes share a GPU (small models leave it mostly idle); on the CPU one
     process, which uses the threads PyTorch is given."""
