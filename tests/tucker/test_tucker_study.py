@@ -146,6 +146,11 @@ def test_stored_runs_are_reused_only_by_the_same_code(tmp_path: Path) -> None:
         run_jobs([job, replace(job)], cache=tmp_path)
 
 
+def test_runs_in_worker_processes_give_the_same_outcomes(tmp_path: Path) -> None:
+    jobs = [Job(f"square-{x}", _square, {"x": x, "calls": str(tmp_path / f"calls-{x}.txt")}) for x in range(3)]
+    assert run_jobs(jobs, workers=2, log=lambda message: None) == {f"square-{x}": {"y": x * x} for x in range(3)}
+
+
 def test_code_fingerprint_ignores_only_the_excluded_modules(tmp_path: Path) -> None:
     from structlab.tucker.sweep import code_fingerprint
 

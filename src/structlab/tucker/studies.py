@@ -33,7 +33,7 @@ from structlab.results import Claim, StudyResult, Table, format_spread, spread
 from structlab.tucker.figures import Point, pareto_figure, spectra_figure
 from structlab.tucker.pareto import params_at_loss
 from structlab.tucker.runs import Schedule, language_model_run, shakespeare_corpus, vit_run
-from structlab.tucker.sweep import Job, code_fingerprint, default_workers, run_jobs
+from structlab.tucker.sweep import Job, code_fingerprint, parallelism, run_jobs
 
 # The goals and the paper's headline, as numbers the claims test against.
 GOAL_LM_GAP_NATS = 0.02  # Tucker within +0.02 nats of MHA ...
@@ -113,9 +113,10 @@ def run_charlm(ctx: StudyContext, plan: CharLMPlan) -> StudyResult:
         })
         for width, specs in plan.variants.items() for spec in specs for seed in plan.seeds
     ]
-    ctx.log(f"{len(jobs)} runs on {device}")
+    workers, threads = parallelism(device, ctx.quick)
+    ctx.log(f"{len(jobs)} runs on {device} ({workers} process(es) of {threads} thread(s))")
     outcomes = run_jobs(jobs, cache=ctx.out_dir / "runs" / ctx.study, salt=run_salt(ctx.scale),
-                        workers=default_workers(device), log=ctx.log)
+                        workers=workers, threads=threads, log=ctx.log)
     by_config: dict[tuple[int, str], list[dict[str, Any]]] = {}
     for outcome in outcomes.values():
         by_config.setdefault((outcome["width"], outcome["attention"]), []).append(outcome)
@@ -421,9 +422,10 @@ def run_vit(ctx: StudyContext, plan: ViTPlan) -> StudyResult:
         })
         for spec in plan.variants for seed in plan.seeds
     ]
-    ctx.log(f"{len(jobs)} runs on {device}")
+    workers, threads = parallelism(device, ctx.quick)
+    ctx.log(f"{len(jobs)} runs on {device} ({workers} process(es) of {threads} thread(s))")
     outcomes = run_jobs(jobs, cache=ctx.out_dir / "runs" / ctx.study, salt=run_salt(ctx.scale),
-                        workers=default_workers(device), log=ctx.log)
+                        workers=workers, threads=threads, log=ctx.log)
     runs: dict[str, list[dict[str, Any]]] = {}
     for o in outcomes.values():
         runs.setdefault(o["attention"], []).append(o)

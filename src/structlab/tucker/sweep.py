@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from structlab import runtime
 from structlab.atomic import atomic_write_json
 
@@ -47,10 +49,20 @@ def code_fingerprint(package: Path, exclude: Sequence[str] = ()) -> str:
     return digest.hexdigest()[:16]
 
 
-def default_workers(device: str) -> int:
-    """Parallel runs: several processes share a GPU (small models leave it mostly idle); on the CPU one
-    process, which uses the threads PyTorch is given."""
-    return max(1, min(8, runtime.cpu_count())) if device.startswith("cuda") else 1
+def parallelism(device: str, quick: bool = False) -> tuple[int, int]:
+    """(processes, PyTorch threads per process) for a sweep of small training runs.
+
+    On a GPU up to 8 processes share it (small models leave it mostly idle), with the cores split
+    between them. On the CPU one single-threaded process per core (up to 4): small models gain little
+    from threads, and threads that wait on each other slow to a crawl when other programs share the
+    cores (run under ``taskset`` to use fewer cores). A quick sweep stays in this process: starting
+    workers would cost more than its runs.
+    """
+    cores = runtime.cpu_count()
+    if device.startswith("cuda"):
+        workers = 1 if quick else min(8, cores)
+        return workers, max(1, cores // workers)
+    return (1 if quick else max(1, min(4, cores))), 1
 
 
 def run_jobs(
@@ -58,10 +70,12 @@ def run_jobs(
     cache: Path | None = None,
     salt: str = "",
     workers: int = 1,
+    threads: int = 1,
     log: Callable[[str], None] = print,
 ) -> dict[str, dict[str, Any]]:
     """Outcomes of ``jobs`` by key: stored ones read from ``cache``, the others run (in ``workers``
-    processes when > 1) and stored as they finish. A run that raises stops the sweep with its error."""
+    processes when > 1, each with ``threads`` PyTorch threads) and stored as they finish. A run that
+    raises stops the sweep with its error."""
     keys = [job.key for job in jobs]
     if len(set(keys)) != len(keys):
         raise ValueError(f"jobs: duplicate keys {sorted({k for k in keys if keys.count(k) > 1})}")
@@ -84,10 +98,14 @@ def run_jobs(
         log(f"[{len(outcomes)}/{len(jobs)}] {job.key} done ({time.perf_counter() - start:.0f} s into the sweep)")
 
     if workers <= 1 or len(pending) <= 1:
-        for job in pending:
-            finished(job, job.fn(**job.kwargs))
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            for job in pending:
+                finished(job, job.fn(**job.kwargs))
+        finally:
+            torch.set_num_threads(before)
     else:
-        threads = max(1, runtime.cpu_count() // workers)
         context = multiprocessing.get_context("spawn")  # CUDA cannot be used in forked children
         with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=(threads,)) as pool:
             futures = {pool.submit(job.fn, **job.kwargs): job for job in pending}
@@ -108,7 +126,5 @@ def _read(cache: Path | None, job: Job, salt: str) -> dict[str, Any] | None:
 
 
 def _init_worker(threads: int) -> None:
-    import torch
-
     torch.set_num_threads(threads)
     runtime.set_progress(False)
