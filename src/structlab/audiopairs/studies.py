@@ -94,11 +94,12 @@ class LabelledClips:
     extraction_seconds: float = 0.0
 
 
-def imported_corpus(folder, log=print):
-    """The shared recordings imported into a :class:`Corpus` and de-duplicated (built once, then reused).
+def imported_corpus(folder, log=print, manifest: str | Path = "manifest.csv"):
+    """The recordings ``manifest`` lists under ``folder`` imported into a :class:`Corpus` and de-duplicated.
 
-    The database is cached beside the feature cache, keyed by the manifest's SHA-256, and written under
-    a temporary name first, so an interrupted build is never mistaken for a finished one.
+    Built once, then reused: the database is cached beside the feature cache, keyed by the manifest's
+    SHA-256, and written under a temporary name first, so an interrupted build is never mistaken for a
+    finished one.
     """
     import os
 
@@ -108,7 +109,8 @@ def imported_corpus(folder, log=print):
     from structlab.data import sha256_file
 
     folder = Path(folder)
-    key = sha256_file(folder / "manifest.csv")[:16]
+    manifest = folder / manifest  # an absolute manifest stays as it is
+    key = sha256_file(manifest)[:16]
     path = feats.default_cache_dir().parent / "audiopairs-corpus" / f"shared-audio-{key}.sqlite"
     if not path.is_file():
         log(f"importing {folder} into a corpus and de-duplicating it (once; cached at {path})")
@@ -116,7 +118,7 @@ def imported_corpus(folder, log=print):
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         tmp.unlink(missing_ok=True)
         with Corpus(tmp) as corpus:
-            import_folder(corpus, folder, progress=False)
+            import_folder(corpus, folder, manifest, progress=False)
             deduplicate(corpus, workers=runtime.cpu_count(), progress=False)
         os.replace(tmp, path)
     return Corpus(path)
