@@ -15,15 +15,14 @@ from structlab.subject.training import TrainConfig
 TINY = studies.Plan(
     seeds=[0],
     backbones=["eegnet"],
-    pooled_seeds={},
-    train=TrainConfig(epochs=2, batch_size=32, lr=3e-3),
-    per_subject_epochs=2,
+    train=TrainConfig(steps=4, batch_size=32),
+    per_subject_steps=2,
     loso_subjects=3,
     ks=(4,),
     loso_methods=ev.LOSO_METHODS,
     pooled_methods=ev.POOLED_METHODS,
     ranks=(2,),
-    layer_sets={"all layers": None, "classifier": ["classifier"]},
+    layer_sets={"classifier": ["classifier"]},
     calibration_epochs=3,
     fine_tune_epochs=3,
     workers=1,
@@ -43,8 +42,8 @@ def test_tiny_ssvep_study_runs_end_to_end(tmp_path):
     protocols = {r["protocol"] for r in back.metrics["records"]}
     assert protocols == {"pooled-cross-session", "loso-zero-shot", "loso-calibration-4"}
     methods = {r["method"] for r in back.metrics["records"]}
-    assert {ev.SHARED, ev.PER_SUBJECT, ev.CONDITIONED, ev.FINE_TUNE, ev.ADAPTER, ev.TANGENT, "rank 2",
-            "classifier"} <= methods
+    assert {ev.SHARED, ev.PER_SUBJECT, ev.CONDITIONED, ev.FINE_TUNE, ev.ADAPTER, ev.TANGENT, "rank 2", "rank 4",
+            "classifier", studies.MAIN_LAYERS} <= methods
     # every (protocol, method) has one record per held-out or tested subject and seed
     loso = [r for r in back.metrics["records"] if r["protocol"] == "loso-calibration-4" and r["method"] == ev.ADAPTER]
     assert sorted((r["subject"], r["seed"]) for r in loso) == [("01", 0), ("02", 0), ("03", 0)]
@@ -57,21 +56,19 @@ def test_tiny_ssvep_study_runs_end_to_end(tmp_path):
 
 
 def test_tiny_synthetic_control_runs_end_to_end(tmp_path):
-    plan = studies.SyntheticPlan([0, 1], (0.0, 3.0), synthetic.SyntheticConfig(n_subjects=3, trials_per_class=3,
-                                                                                 n_times=128),
-                                 TrainConfig(epochs=2, batch_size=32, lr=3e-3), 2, (4,), 2,
-                                 calibration_epochs=3, workers=1)
+    plan = studies.SyntheticPlan([0], (0.0, 3.0), (2, 3), synthetic.SyntheticConfig(n_subjects=3, n_times=128),
+                                 TrainConfig(steps=4, batch_size=32), 2, workers=1)
     ctx = StudyContext("subject", "synthetic", "quick", tmp_path, log=lambda _: None)
     result = studies.run_synthetic(ctx, plan)
     back = read_result(finish(result, tmp_path))
-    assert back.synthetic and len(back.claims) == 2
-    assert {row[0] for row in back.tables[0].rows} == {0.0, 3.0}
+    assert back.synthetic and len(back.claims) == 4 and all(c.verdict in VERDICTS for c in back.claims)
+    assert {(row[0], row[1]) for row in back.tables[0].rows} == {(0.0, 8), (0.0, 12), (3.0, 8), (3.0, 12)}
 
 
 @pytest.mark.slow
 def test_loso_records_do_not_depend_on_the_number_of_worker_processes():
     trials = _trials()
-    config = ev.EvalConfig(train=TrainConfig(epochs=2, batch_size=32), calibration_epochs=2, fine_tune_epochs=2)
+    config = ev.EvalConfig(train=TrainConfig(steps=4, batch_size=32), calibration_epochs=2, fine_tune_epochs=2)
     methods = (ev.SHARED, ev.FINE_TUNE, ev.ADAPTER)
     serial = ev.evaluate_loso(trials, config, 0, (4,), ["01", "02"], methods, workers=1)
     parallel = ev.evaluate_loso(trials, config, 0, (4,), ["01", "02"], methods, workers=2)

@@ -16,7 +16,7 @@ def register(subparsers: Any) -> None:
         examples="""
             structlab subject data
             structlab subject layers --backbone eegnet --rank 4
-            structlab subject evaluate --protocol pooled-cross-session --epochs 30
+            structlab subject evaluate --protocol pooled-cross-session --steps 300
             structlab subject evaluate --protocol loso-calibration-16 --subjects 01 02 --seeds 0 1
             structlab reproduce --only subject
         """,
@@ -51,7 +51,7 @@ def register(subparsers: Any) -> None:
         sub, "evaluate", "run the methods under a protocol on the SSVEP data and print per-subject accuracy",
         examples="""
             structlab subject evaluate --protocol pooled-cross-session
-            structlab subject evaluate --protocol loso-zero-shot --subjects 04 05 --epochs 20
+            structlab subject evaluate --protocol loso-zero-shot --subjects 04 05 --steps 300
             structlab subject evaluate --protocol loso-calibration-8 --backbone shallow --rank 2
         """,
     )
@@ -59,7 +59,7 @@ def register(subparsers: Any) -> None:
                           help="pooled-cross-session, loso-zero-shot or loso-calibration-<k>")
     evaluate.add_argument("--backbone", default="eegnet")
     evaluate.add_argument("--seeds", type=int, nargs="+", default=[0])
-    evaluate.add_argument("--epochs", type=int, default=30)
+    evaluate.add_argument("--steps", type=int, default=600, help="optimiser steps per training run")
     evaluate.add_argument("--rank", type=int, default=4)
     evaluate.add_argument("--subject-dropout", type=float, default=0.25)
     evaluate.add_argument("--subjects", nargs="*", help="held-out subjects for LOSO protocols (default: all)")
@@ -114,7 +114,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     protocol = protocols.get(args.protocol)
     trials = ssvep_exo.load(progress=True)
-    config = ev.EvalConfig(backbone=args.backbone, train=TrainConfig(epochs=args.epochs, batch_size=64, lr=3e-3),
+    config = ev.EvalConfig(backbone=args.backbone, train=TrainConfig(steps=args.steps),
                            rank=args.rank, subject_dropout=args.subject_dropout)
     records = []
     for seed in args.seeds:

@@ -56,7 +56,7 @@ class EvalConfig:
     backbone: str = "eegnet"
     backbone_kwargs: dict = field(default_factory=dict)
     train: TrainConfig = field(default_factory=TrainConfig)
-    per_subject_epochs: int = 200
+    per_subject_steps: int = 300
     rank: int = 4
     alpha: float = 1.0
     subject_dropout: float = 0.25
@@ -140,7 +140,7 @@ def evaluate_pooled(
         fit(model, train.X, train.y, config=config.train, seed=seed)
         records += _records(name, SHARED, test, predict(model, test.X).argmax(1), seed, config)
     if PER_SUBJECT in methods:
-        per_subject = dataclasses.replace(config.train, epochs=config.per_subject_epochs)
+        per_subject = dataclasses.replace(config.train, steps=config.per_subject_steps, batch_size=32)
         predicted = np.empty(len(test), dtype=np.int64)
         for s in runtime.progress(test.subjects, desc="per-subject models", disable=not progress or None):
             runtime.seed_everything(seed)

@@ -16,22 +16,27 @@ from structlab.subject.conditioned import SubjectConditioned
 
 @dataclass
 class TrainConfig:
-    """How a model is trained: AdamW with a cosine learning-rate schedule over ``epochs``.
+    """How a model is trained: AdamW with a cosine learning-rate schedule over the whole run.
 
+    The run lasts ``steps`` optimiser steps (rounded up to whole epochs), so that data sets of different
+    sizes get the same training budget; ``steps=None`` trains for ``epochs`` epochs instead.
     ``adapter_lr`` / ``adapter_weight_decay`` apply to a SubjectConditioned model's adapters
     (``None``: the shared settings).
     """
 
+    steps: int | None = 600
     epochs: int = 60
-    batch_size: int = 32
-    lr: float = 1e-3
-    weight_decay: float = 1e-3
+    batch_size: int = 64
+    lr: float = 4e-3
+    weight_decay: float = 1e-2
     adapter_lr: float | None = None
-    adapter_weight_decay: float | None = 0.0
+    adapter_weight_decay: float | None = None
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size"):
+        for name in ("epochs", "batch_size", "steps"):
             value = getattr(self, name)
+            if name == "steps" and value is None:
+                continue
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name}={value!r}: expected a positive int")
         if not self.lr > 0:
@@ -94,12 +99,13 @@ def fit(
             parameters = [{"params": [p for p in model.parameters() if p.requires_grad]}]
     optimiser = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
     steps_per_epoch = -(-x.shape[0] // config.batch_size)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, config.epochs * steps_per_epoch)
+    epochs = config.epochs if config.steps is None else -(-config.steps // steps_per_epoch)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, epochs * steps_per_epoch)
     generator = torch.Generator().manual_seed(seed)
     device = next(model.parameters()).device
     model.train()
     losses = []
-    for _ in range(config.epochs):
+    for _ in range(epochs):
         order = torch.randperm(x.shape[0], generator=generator)
         total = 0.0
         for start in range(0, x.shape[0], config.batch_size):
