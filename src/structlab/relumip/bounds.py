@@ -53,7 +53,8 @@ class Bounds:
 
     They refer to :meth:`ReluNetwork.folded` (the hidden layers are the same as the network's; the outputs
     are in the user's units). ``input_lower``/``input_upper`` is the box they hold on; ``method`` is
-    "interval", "lp" or "milp"; ``seconds`` the time taken; ``problems`` the number of LPs/MILPs solved.
+    "interval", "lp" or "milp"; ``seconds`` the time taken; ``problems`` the number of LPs/MILPs solved;
+    ``processes`` the most processes a layer's problems were spread over (1: all solved in this process).
     """
 
     lower: tuple[np.ndarray, ...]
@@ -63,6 +64,7 @@ class Bounds:
     method: str
     seconds: float = 0.0
     problems: int = 0
+    processes: int = 1
 
     def __post_init__(self) -> None:
         if len(self.lower) != len(self.upper):
@@ -220,7 +222,8 @@ def _tighten(
             L[l][cross] = U[l][cross] = 0.5 * (L[l][cross] + U[l][cross])
             _propagate(folded, L, U, l + 1)
     return Bounds(tuple(L), tuple(U), start.input_lower, start.input_upper, method,
-                  start.seconds + time.perf_counter() - t0, start.problems + problems)
+                  start.seconds + time.perf_counter() - t0, start.problems + problems,
+                  max(start.processes, workers.most_used))
 
 
 class _Workers:
@@ -229,6 +232,7 @@ class _Workers:
     def __init__(self, n_jobs: int) -> None:
         self.n_jobs = n_jobs
         self.executor: ProcessPoolExecutor | None = None
+        self.most_used = 1
 
     def __enter__(self) -> _Workers:
         return self
@@ -256,6 +260,7 @@ class _Workers:
         if workers > 1:
             try:
                 lo2, hi2 = self._in_pool(model, cols, rows[probe:], mip, time_limit, workers)
+                self.most_used = max(self.most_used, workers)
                 return np.concatenate([lo, lo2]), np.concatenate([hi, hi2])
             except BrokenProcessPool:
                 warnings.warn("bound tightening: worker processes failed; solving serially",
