@@ -249,8 +249,9 @@ class Formulation:
             raise ValueError(f"x: shape {x.shape}; expected ({self.net.input_dim},)")
         values = np.full(self.model.num_variables, np.nan)
         values[self.x] = x
-        pre = self.net.folded().pre_activations(x)
-        for vars_, layer, a in zip(self.layers, self.net.folded().hidden, pre, strict=False):
+        folded = self.net.folded()
+        pre = folded.pre_activations(x)
+        for vars_, layer, a in zip(self.layers, folded.hidden, pre, strict=False):
             h = layer.activate(a)
             values[vars_.h] = h
             has_a = vars_.a != NO_VAR
