@@ -9,11 +9,12 @@ stored outcome is reused only by the same run of the same code.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import multiprocessing
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -98,13 +99,9 @@ def run_jobs(
         log(f"[{len(outcomes)}/{len(jobs)}] {job.key} done ({time.perf_counter() - start:.0f} s into the sweep)")
 
     if workers <= 1 or len(pending) <= 1:
-        before = torch.get_num_threads()
-        torch.set_num_threads(threads)
-        try:
+        with torch_threads(threads):
             for job in pending:
                 finished(job, job.fn(**job.kwargs))
-        finally:
-            torch.set_num_threads(before)
     else:
         context = multiprocessing.get_context("spawn")  # CUDA cannot be used in forked children
         with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=(threads,)) as pool:
@@ -112,6 +109,17 @@ def run_jobs(
             for future in as_completed(futures):
                 finished(futures[future], future.result())
     return {key: outcomes[key] for key in keys}
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run the block with ``n`` PyTorch threads, then restore the previous number."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _read(cache: Path | None, job: Job, salt: str) -> dict[str, Any] | None:
