@@ -198,7 +198,10 @@ REGISTRY: dict[str, DataSet] = {
                 ),
             ),
             how_to_get="`structlab data fetch ssvep-exo` downloads the FIF files from the publishers' repository.",
-            fallback="synthetic multi-subject EEG with a controlled low-rank subject shift (labelled synthetic)",
+            fallback=(
+                "synthetic multi-subject SSVEP-like EEG with a controlled low-rank shift of each subject's spatial "
+                "mixing (structlab.subject.synthetic; results labelled synthetic)"
+            ),
         ),
         DataSet(
             name="omlt-reformer",
