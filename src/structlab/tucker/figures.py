@@ -11,6 +11,7 @@ FAMILY_STYLE = {
     "gqa": ("tab:blue", "^"),
     "mla": ("tab:orange", "D"),
     "tucker": ("tab:green", "o"),
+    "tucker from mha": ("tab:red", "*"),  # initialised by HOSVD of a trained MHA layer, then fine-tuned
 }
 MODE_NAMES = {"qk": ("head", "query", "key"), "vo": ("head", "output", "value")}
 
@@ -48,7 +49,8 @@ def pareto_figure(path: Path, panels: Sequence[tuple[str, Sequence[Point]]], yla
             if not mine:
                 continue
             ax.errorbar([p.params for p in mine], [p.mean for p in mine], yerr=[p.std for p in mine], fmt=marker,
-                        color=color, label=family.upper(), capsize=3, markersize=6)
+                        color=color, label=family.upper() if " " not in family else f"Tucker ({family[7:]})",
+                        capsize=3, markersize=8 if marker == "*" else 6)
             front = [mine[i] for i in pareto_front([p.params for p in mine], [p.mean for p in mine])]
             ax.plot([p.params for p in front], [p.mean for p in front], "-", color=color, alpha=0.6)
             for p in mine:
