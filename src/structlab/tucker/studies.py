@@ -548,7 +548,14 @@ def evaluation_sentences(per_play: int) -> tuple[list[str], Any]:
 def run_minilm(ctx: StudyContext, plan: MiniLMPlan) -> StudyResult:
     """The minilm study with ``plan``."""
     from structlab import data as datasets
-    from structlab.tucker import attention_parameters, compress, mode_spectra, relative_errors, tucker_ranks
+    from structlab.tucker import (
+        attention_parameters,
+        attention_tensors,
+        compress,
+        mode_spectra,
+        relative_errors,
+        tucker_ranks,
+    )
     from structlab.tucker.encoder import embed_sentences, load_minilm, load_tokenizer
     from structlab.tucker.rank_selection import ranks_for_budget
 
@@ -563,6 +570,7 @@ def run_minilm(ctx: StudyContext, plan: MiniLMPlan) -> StudyResult:
 
     # Ranks and spectra per layer.
     spectra = [mode_spectra(a) for a in layers]
+    tensors = [attention_tensors(a) for a in layers]
     layer_records = [{"qk": [(s / s.max()).tolist() for s in qk], "vo": [(s / s.max()).tolist() for s in vo]}
                      for qk, vo in spectra]
     energy_records = energy_ranks("MiniLM-L6", layer_records)
@@ -594,8 +602,8 @@ def run_minilm(ctx: StudyContext, plan: MiniLMPlan) -> StudyResult:
             errors, ranks_used = [], []
             for i, layer in enumerate(candidate.layers):
                 # Tucker's biases cost (n_H + 1) r3 on the query-key side and v3 + d on the value-output side.
-                qk = ranks_for_budget(spectra[i][0], budget_side, per_last=n_heads + 1)
-                vo = ranks_for_budget(spectra[i][1], budget_side, per_last=1, constant=d)
+                qk = ranks_for_budget(tensors[i][0], budget_side, per_last=n_heads + 1)
+                vo = ranks_for_budget(tensors[i][1], budget_side, per_last=1, constant=d)
                 layer.attn = compress(layers[i], (qk, vo), method=method, max_iter=plan.hooi_iterations)
                 errors.append(relative_errors(layers[i], layer.attn))
                 ranks_used.append((qk, vo))
@@ -659,7 +667,7 @@ def run_minilm(ctx: StudyContext, plan: MiniLMPlan) -> StudyResult:
               ["budget", "method", "attention params", "of MHA", "mean rel. error W_qk", "mean rel. error W_vo",
                "cosine mean", "cosine min"], compression_rows,
               note=f"Cosine of sentence embeddings against the uncompressed model, {len(sentences)} speeches from "
-              "the held-out plays. Ranks per layer and side minimise the HOSVD error bound within the budget."),
+              "the held-out plays. Ranks per layer and side: those of least HOSVD error within the budget."),
         Table("Relative tensor error per layer", ["budget", "method", "layer", "ranks qk", "ranks vo",
                                                    "error W_qk", "error W_vo"], error_rows),
         Table("Mode spectra: ranks keeping 90% / 99% of each mode's energy",
