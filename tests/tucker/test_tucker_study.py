@@ -167,7 +167,16 @@ def test_code_fingerprint_ignores_only_the_excluded_modules(tmp_path: Path) -> N
     assert code_fingerprint(tmp_path, exclude=("figures.py",)) != before
 
 
+def test_a_failing_run_does_not_lose_the_others(tmp_path: Path) -> None:
+    jobs = [Job(f"square-{x}", _square, {"x": x, "calls": str(tmp_path / "calls.txt")}) for x in (2, -1, 3)]
+    with pytest.raises(RuntimeError, match=r"1 of 3 runs failed \(square--1\)"):
+        run_jobs(jobs, cache=tmp_path, salt="v1", log=lambda message: None)
+    assert sorted(p.name for p in tmp_path.glob("square-*.json")) == ["square-2.json", "square-3.json"]
+
+
 def _square(x: int, calls: str) -> dict[str, int]:
+    if x < 0:
+        raise ValueError(f"x={x}: expected >= 0")
     with open(calls, "a") as handle:
         handle.write("x")
     return {"y": x * x}

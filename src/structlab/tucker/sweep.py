@@ -75,8 +75,9 @@ def run_jobs(
     log: Callable[[str], None] = print,
 ) -> dict[str, dict[str, Any]]:
     """Outcomes of ``jobs`` by key: stored ones read from ``cache``, the others run (in ``workers``
-    processes when > 1, each with ``threads`` PyTorch threads) and stored as they finish. A run that
-    raises stops the sweep with its error."""
+    processes when > 1, each with ``threads`` PyTorch threads) and stored as they finish. Runs that
+    raise do not stop the others: once every run has ended, a ``RuntimeError`` names the failed ones
+    (chained to the first error), and a rerun repeats only those."""
     keys = [job.key for job in jobs]
     if len(set(keys)) != len(keys):
         raise ValueError(f"jobs: duplicate keys {sorted({k for k in keys if keys.count(k) > 1})}")
@@ -98,16 +99,27 @@ def run_jobs(
             atomic_write_json(cache / f"{job.key}.json", {"fingerprint": job.fingerprint(salt), "outcome": outcome})
         log(f"[{len(outcomes)}/{len(jobs)}] {job.key} done ({time.perf_counter() - start:.0f} s into the sweep)")
 
+    failed: list[tuple[str, BaseException]] = []
     if workers <= 1 or len(pending) <= 1:
         with torch_threads(threads):
             for job in pending:
-                finished(job, job.fn(**job.kwargs))
+                try:
+                    finished(job, job.fn(**job.kwargs))
+                except Exception as err:  # noqa: BLE001 - reported below, after the other runs
+                    failed.append((job.key, err))
     else:
         context = multiprocessing.get_context("spawn")  # CUDA cannot be used in forked children
         with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=(threads,)) as pool:
             futures = {pool.submit(job.fn, **job.kwargs): job for job in pending}
             for future in as_completed(futures):
-                finished(futures[future], future.result())
+                try:
+                    finished(futures[future], future.result())
+                except Exception as err:  # noqa: BLE001 - reported below, after the other runs
+                    failed.append((futures[future].key, err))
+    if failed:
+        key, first = failed[0]
+        names = ", ".join(k for k, _ in failed)
+        raise RuntimeError(f"{len(failed)} of {len(jobs)} runs failed ({names}); {key}: {first}") from first
     return {key: outcomes[key] for key in keys}
 
 
