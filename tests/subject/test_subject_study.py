@@ -73,3 +73,14 @@ def test_loso_records_do_not_depend_on_the_number_of_worker_processes():
     serial = ev.evaluate_loso(trials, config, 0, (4,), ["01", "02"], methods, workers=1)
     parallel = ev.evaluate_loso(trials, config, 0, (4,), ["01", "02"], methods, workers=2)
     assert [dataclasses.astuple(r) for r in serial] == [dataclasses.astuple(r) for r in parallel]
+
+
+def test_cli_layers_lists_wrapped_and_skipped_layers(capsys):
+    from structlab.cli import main
+
+    assert main(["subject", "layers", "--backbone", "eegnet", "--exclude", "classifier", "--rank", "16"]) == 0
+    out = capsys.readouterr().out
+    assert "wrapped  features.0     Conv2d  rank 8 (limit 8)" in out
+    assert "skipped  classifier     matched by exclude=['classifier']" in out
+    assert main(["subject", "layers", "--backbone", "nope"]) == 2
+    assert "unknown backbone" in capsys.readouterr().err

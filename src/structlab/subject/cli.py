@@ -62,6 +62,9 @@ def register(subparsers: Any) -> None:
     evaluate.add_argument("--steps", type=int, default=600, help="optimiser steps per training run")
     evaluate.add_argument("--rank", type=int, default=4)
     evaluate.add_argument("--subject-dropout", type=float, default=0.25)
+    evaluate.add_argument("--exclude", nargs="*",
+                          help="layers without adapters (default: the backbone's spatial conv and classifier, as in "
+                          "the study)")
     evaluate.add_argument("--subjects", nargs="*", help="held-out subjects for LOSO protocols (default: all)")
     evaluate.set_defaults(func=_evaluate)
 
@@ -110,12 +113,14 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     from structlab.subject import evaluation as ev
     from structlab.subject import protocols, ssvep_exo
+    from structlab.subject.studies import TEMPORAL_ONLY
     from structlab.subject.training import TrainConfig
 
     protocol = protocols.get(args.protocol)
     trials = ssvep_exo.load(progress=True)
-    config = ev.EvalConfig(backbone=args.backbone, train=TrainConfig(steps=args.steps),
-                           rank=args.rank, subject_dropout=args.subject_dropout)
+    exclude = args.exclude if args.exclude is not None else TEMPORAL_ONLY.get(args.backbone, [])
+    config = ev.EvalConfig(backbone=args.backbone, train=TrainConfig(steps=args.steps), rank=args.rank,
+                           subject_dropout=args.subject_dropout, exclude=exclude)
     records = []
     for seed in args.seeds:
         if isinstance(protocol, protocols.PooledCrossSession):

@@ -44,12 +44,12 @@ class TrainConfig:
 
 
 def as_tensor(x, name: str, dtype: torch.dtype) -> torch.Tensor:
-    """``x`` (array or tensor) as a tensor of ``dtype`` on the CPU, or a TypeError naming ``name``."""
+    """``x`` (tensor, array, list or tuple) as a tensor of ``dtype``, or a TypeError naming ``name``."""
     if isinstance(x, torch.Tensor):
         return x.to(dtype)
-    if isinstance(x, np.ndarray):
-        return torch.as_tensor(x, dtype=dtype)
-    raise TypeError(f"{name}: {type(x).__name__}; expected a numpy array or torch tensor")
+    if isinstance(x, np.ndarray | list | tuple):
+        return torch.as_tensor(np.asarray(x), dtype=dtype)
+    raise TypeError(f"{name}: {type(x).__name__}; expected a tensor, numpy array or list")
 
 
 def _check_trials(x: torch.Tensor, y: torch.Tensor | None, subjects: torch.Tensor | None) -> None:
