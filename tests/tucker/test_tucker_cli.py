@@ -7,20 +7,10 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
 from structlab import data
 from structlab.cli import main
 from structlab.tucker.checkpoint import load_checkpoint
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 needs_shakespeare = pytest.mark.skipif(data.find("shakespeare") is None,
                                        reason="the shakespeare data set is absent (set STRUCTLAB_DATA)")

@@ -18,25 +18,9 @@ from structlab.tucker import (
     unfold,
 )
 
+from .helpers import randomise
+
 D, H = 24, 4  # d_H = 6
-
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small float64 SVDs: one thread beats two contending ones (MKL's threads are slow on a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-def randomise(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    gen = torch.Generator().manual_seed(seed)
-    module = module.double()
-    with torch.no_grad():
-        for p in module.parameters():
-            p.copy_(torch.randn(p.shape, generator=gen, dtype=torch.float64) * 0.4)
-    return module
 
 
 def inputs(seq: int = 8) -> torch.Tensor:

@@ -10,16 +10,6 @@ from structlab.tucker.blocks import AttentionSpec
 from structlab.tucker.gpt import GPT, GPTConfig
 from structlab.tucker.vit import ViT, ViTConfig
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny models: one thread avoids the oversubscription that multiplies run times on a shared machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 SPECS = ["mha", "gqa:2", "mla:16", "mla:16,24", "tucker:2,16,8", "tucker:4,32,16/2,16,8"]
 
 

@@ -20,15 +20,6 @@ from structlab.tucker import (
 )
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small float64 SVDs: one thread beats two contending ones (MKL's threads are slow on a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("batch_first", [True, False])

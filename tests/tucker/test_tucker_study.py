@@ -22,14 +22,6 @@ from structlab.tucker.studies import CharLMPlan, MiniLMPlan, ViTPlan, run_charlm
 from structlab.tucker.sweep import Job, run_jobs
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _context(tmp_path: Path, study: str) -> StudyContext:
     return StudyContext("tucker", study, "quick", tmp_path, log=lambda message: None)
 

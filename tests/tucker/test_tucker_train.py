@@ -17,16 +17,6 @@ from structlab.tucker.gpt import GPT, GPTConfig
 from structlab.tucker.text import CharVocab, LanguageModelTask, fixed_windows
 from structlab.tucker.train import TrainConfig, evaluate, fit, learning_rate
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny models: one thread avoids the oversubscription that multiplies run times on a shared machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 TEXT = "To be, or not to be, that is the question:\nWhether 'tis nobler in the mind to suffer\n" * 20
 VOCAB = CharVocab("".join(sorted(set(TEXT))))
 
