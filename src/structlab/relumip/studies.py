@@ -13,12 +13,15 @@ limit), so medians are conservative for the slower side. A speed-up is claimed o
 median ratio over seeds shows it and a Wilcoxon signed-rank test agrees (p < 0.05).
 
 Results of each trained network are appended to ``results/relumip/.cache/<study>-<scale>-<hash>.jsonl``
-as they are measured, so an interrupted full-scale run resumes where it stopped (the hash is the part's
-source fingerprint: any code change starts afresh).
+as they are measured, so an interrupted full-scale run resumes where it stopped. The hash covers the plan
+and all code that measures (:func:`measurement_digest`): a change there starts afresh, a change to the
+analysis reuses the measurements.
 """
 
 from __future__ import annotations
 
+import hashlib
+import inspect
 import json
 import math
 import os
@@ -31,7 +34,6 @@ from typing import Any, Literal
 
 import numpy as np
 
-from structlab import reproduce
 from structlab.errors import DataNotFoundError
 from structlab.relumip.bounds import Bounds, interval_bounds, lp_bounds, stable_fraction
 from structlab.relumip.formulation import Formulation
@@ -217,11 +219,25 @@ def region_count(net: ReluNetwork, lower: np.ndarray, upper: np.ndarray, samples
 
 
 # ------------------------------------------------------------------------------------ resuming
+def measurement_digest(plan: Any) -> str:
+    """A hash of everything that decides what a study measures: the plan, the library and problem modules
+    (every module of the part but this one and the command line) and the measuring functions here. The
+    analysis that turns measurements into tables and claims is left out, so changing it reuses them."""
+    digest = hashlib.sha256(repr(plan).encode())
+    package = Path(__file__).parent
+    for path in sorted(package.rglob("*.py")):
+        if path.name not in ("studies.py", "cli.py"):
+            digest.update(path.relative_to(package).as_posix().encode() + path.read_bytes())
+    for fn in MEASURING:
+        digest.update(inspect.getsource(fn).encode())
+    return digest.hexdigest()[:10]
+
+
 class RecordCache:
     """Per-network results appended to a JSON-lines file as they are measured (see module docstring)."""
 
-    def __init__(self, ctx: StudyContext) -> None:
-        digest = reproduce.fingerprint(ctx.part, ctx.scale)[:10]
+    def __init__(self, ctx: StudyContext, plan: Any) -> None:
+        digest = measurement_digest(plan)
         self.path = ctx.out_dir / ".cache" / f"{ctx.study}-{ctx.scale}-{digest}.jsonl"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.done: dict[str, dict[str, Any]] = {}
@@ -356,6 +372,7 @@ def trade_off_figure(points: list[dict[str, Any]], path: Path, title: str, error
     for p in points:
         ax.annotate(p["label"], (p["error"], p["time"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
     ax.set_yscale("log")
+    ax.margins(0.15)  # room for the labels
     ax.set_xlabel(error_label)
     ax.set_ylabel("median solve time (s)")
     ax.set_title(title)
@@ -375,6 +392,8 @@ def _log_norm(values: np.ndarray) -> Any:
 
 def big_m_figure(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     """Largest big-M of each hidden layer (median over seeds) against the layer's depth, per architecture."""
+    from matplotlib.ticker import MaxNLocator
+
     plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
     for ax, method in zip(axes, ("interval", "lp"), strict=True):
@@ -385,6 +404,7 @@ def big_m_figure(rows: list[dict[str, Any]], path: Path, title: str) -> None:
             med = np.median(np.array(per_seed, dtype=float), axis=0)
             ax.plot(np.arange(1, med.size + 1), med, marker="o", label=arch)
         ax.set_yscale("log")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("hidden layer")
         ax.set_title(f"{method} bounds")
     axes[0].set_ylabel("largest big-M in the layer")
@@ -430,7 +450,7 @@ def run_box_problem(
     One entry per network: its configuration, test error, indicators under interval and LP bounds,
     linear regions, ``extra(net, solves)`` and the list of solve records.
     """
-    cache = RecordCache(ctx)
+    cache = RecordCache(ctx, plan)
     entries = []
     networks = plan.networks()
     for i, spec in enumerate(networks):
@@ -531,14 +551,24 @@ def lever_claims(
         res["error"] = float(np.median([e["test_error"] for e in nets if e["lever"] == label]))
         results[label] = res
         lines.append(f"{label}: {fmt_paired(res)}, median test error {res['error']:.4g} (plain {plain_error:.4g})")
-    sig = [k for k, r in results.items() if verdict_for_speedup(r) == "agrees"]
-    claims = [Claim(
-        "Regularisation during training (L1, RS loss) and clipped ReLU give the largest gains in solve time.",
-        "; ".join(lines) or "no levers",
-        "agrees" if any(k.startswith(("l1", "rs")) for k in sig) else ("partly agrees" if sig else "inconclusive"),
-        f"Paired over training and solver seeds on {arch} with {method} bounds, time limit {time_limit:g} s; "
-        f"significant speed-ups: {', '.join(sig) or 'none'}.",
-    )]
+    claims = []
+    names = {"l1": "L1 regularisation", "rs": "the ReLU-stability (RS) loss", "clip": "a clipped ReLU",
+             "dropout": "dropout"}
+    for family, name in names.items():
+        family_results = {k: r for k, r in results.items() if k.startswith(family + "=")}
+        if not family_results:
+            continue
+        verdicts = {k: verdict_for_speedup(r) for k, r in family_results.items()}
+        verdict = ("agrees" if all(v == "agrees" for v in verdicts.values())
+                   else "partly agrees" if "agrees" in verdicts.values()
+                   else "disagrees" if "disagrees" in verdicts.values() else "inconclusive")
+        claims.append(Claim(
+            f"Training with {name} makes the MILP faster to solve.",
+            "; ".join(line for line in lines if line.split(":")[0] in family_results),
+            verdict,
+            f"Paired over training and solver seeds on {arch} with {method} bounds against the plain network, "
+            f"time limit {time_limit:g} s; a time-out counts at the limit.",
+        ))
     med = {e["lever"] + f"|{e['seed']}": e for e in nets}
     per_net_time = {k: float(np.median([s["seconds"] for s in e["solves"] if s["method"] == method]))
                     for k, e in med.items()}
@@ -546,7 +576,7 @@ def lever_claims(
     rho_regions = spearmanr([med[k]["regions"] for k in keys], [per_net_time[k] for k in keys])
     rho_stable = spearmanr([med[k]["stable_lp"] for k in keys], [per_net_time[k] for k in keys])
     rho_error = spearmanr([med[k]["test_error"] for k in keys], [per_net_time[k] for k in keys])
-    stats = {"levers": results, "spearman_regions_time": float(rho_regions.statistic),
+    stats = {"levers": results, "plain_error": plain_error, "spearman_regions_time": float(rho_regions.statistic),
              "spearman_regions_time_p": float(rho_regions.pvalue),
              "spearman_stable_time": float(rho_stable.statistic), "spearman_stable_time_p": float(rho_stable.pvalue),
              "spearman_error_time": float(rho_error.statistic), "spearman_error_time_p": float(rho_error.pvalue)}
@@ -564,6 +594,35 @@ def lever_claims(
     return claims, stats
 
 
+def largest_gain_claim(plain: list[dict[str, Any]], lever_stats: dict[str, Any], arch: str) -> Claim:
+    """Training levers against the levers applied to a trained network (LP bounds, rescaling), on the
+    plain networks of the lever grid's architecture."""
+    _, post = method_claims(plain, math.nan)
+    after = {"LP bounds (vs interval)": post.get("lp_vs_interval", {}).get("total"),
+             "rescaling (vs LP bounds)": post.get("lp+rescale_vs_lp", {}).get("solver")}
+    after = {k: v for k, v in after.items() if v and v["n"]}
+    # significantly faster at no more than twice the plain network's test error
+    during = {k: v for k, v in lever_stats["levers"].items()
+              if verdict_for_speedup(v) == "agrees" and v["error"] <= 2 * lever_stats["plain_error"]}
+    best_after = min((v["ratio"] for v in after.values()), default=math.nan)
+    parts = [f"{k}: median time ratio {v['ratio']:.2f} (p={v['p']:.2g})" for k, v in after.items()]
+    if during:
+        best = min(during, key=lambda k: during[k]["ratio"])
+        parts.append(f"best significant training lever at most doubling the test error: {best}, ratio "
+                     f"{during[best]['ratio']:.2f} at test error {during[best]['error']:.3g} "
+                     f"(plain {lever_stats['plain_error']:.3g})")
+    else:
+        parts.append("no training lever was significantly faster at most doubling the test error")
+    return Claim(
+        "Regularisation during training gives the largest gains, more than bound tightening or rescaling.",
+        "; ".join(parts),
+        "inconclusive" if not during or math.isnan(best_after)
+        else ("agrees" if during[best]["ratio"] < best_after else "disagrees"),
+        f"On the plain {arch} networks (paired over seeds). The training levers trade accuracy for speed; see "
+        "the trade-off figure.",
+    )
+
+
 def _tradeoff_verdict(rho_regions: Any, rho_stable: Any, rho_error: Any) -> str:
     agree = [rho_regions.statistic > 0 and rho_regions.pvalue < SIGNIFICANCE,
              rho_stable.statistic < 0 and rho_stable.pvalue < SIGNIFICANCE,
@@ -573,6 +632,16 @@ def _tradeoff_verdict(rho_regions: Any, rho_stable: Any, rho_error: Any) -> str:
     if any(agree):
         return "partly agrees"
     return "inconclusive"
+
+
+def final_gaps(
+    base: list[dict[str, Any]], other: list[dict[str, Any]], key: Callable[[dict[str, Any]], Any]
+) -> dict[str, Any]:
+    """Paired relative gaps at the time limit where both sides stopped there with an incumbent (< 1: ``other``
+    closed more of the gap)."""
+    a = {key(r): r["gap"] for r in base if not r["solved"] and math.isfinite(r["gap"])}
+    b = {key(r): r["gap"] for r in other if not r["solved"] and math.isfinite(r["gap"])}
+    return paired(a, b)
 
 
 def method_claims(entries: list[dict[str, Any]], time_limit: float) -> tuple[list[Claim], dict[str, Any]]:
@@ -590,13 +659,15 @@ def method_claims(entries: list[dict[str, Any]], time_limit: float) -> tuple[lis
         solver = paired(times_by(interval, key, "solve_seconds"), times_by(lp, key, "solve_seconds"))
         nodes = paired(times_by(interval, key, "nodes"), times_by(lp, key, "nodes"))
         shrink = [max(e["big_m_lp"]) / max(e["big_m_interval"]) for e in entries if max(e["big_m_interval"]) > 0]
-        stats["lp_vs_interval"] = {"total": total, "solver": solver, "nodes": nodes,
+        gaps = final_gaps(interval, lp, key)
+        stats["lp_vs_interval"] = {"total": total, "solver": solver, "nodes": nodes, "gap_at_limit": gaps,
                                    "largest_big_m_ratio": spread(shrink)}
         claims.append(Claim(
             "LP-based bound tightening shrinks the big-M coefficients and the run time.",
             f"largest big-M (LP/interval) median {np.median(shrink):.2f}; total time (bounds included): "
             f"{fmt_paired(total)}; solver time only: {fmt_paired(solver)}; solved "
-            f"{sum(r['solved'] for r in lp)}/{len(lp)} (LP) vs {sum(r['solved'] for r in interval)}/{len(interval)}",
+            f"{sum(r['solved'] for r in lp)}/{len(lp)} (LP) vs {sum(r['solved'] for r in interval)}/{len(interval)}; "
+            f"where both hit the limit, gap ratio LP/interval {gaps['ratio']:.2f} (p={gaps['p']:.2g}, n={gaps['n']})",
             verdict_for_speedup(total) if np.median(shrink) < 1 else "disagrees",
             f"Paired on the same networks, instances and solver seeds; time limit {time_limit:g} s.",
         ))
@@ -684,6 +755,7 @@ def peaks_study(ctx: StudyContext) -> StudyResult:
     claims += mclaims
     lclaims, lstats = lever_claims(entries, lever_arch, "lp", plan.time_limit)
     claims += lclaims
+    claims.append(largest_gain_claim([e for e in sweep if e["arch"] == lever_arch], lstats, lever_arch))
     worst, compared = optimum_agreement(entries)
     regrets = [e["regret"] for e in entries if e.get("regret") is not None]
     claims.append(Claim(
@@ -857,10 +929,12 @@ VERIFICATION_PLANS = {
         train=TrainConfig(task="classification", epochs=3, batch_size=64, lr=1e-3), n_train=3000,
         region_samples=1_000,
     ),
+    # Sized to about 40 minutes on one core: at 5 s a plain 784-50-50-10 network needs ~4 s per ball of
+    # radius 0.005 and times out on most balls of radius 0.01 or more, so the radii stay below that.
     "full": VerificationPlan(
         hidden=(50, 50), deep=(50, 50, 50),
-        levers=levers(l1=(1e-5, 1e-4), rs=(1e-3, 1e-2), clip=(1.0,), dropout=(0.2,)),
-        train_seeds=(0, 1), n_images=20, epsilons=(0.005, 0.01, 0.02), time_limit=10.0,
+        levers=levers(l1=(1e-4, 1e-3), rs=(1e-3, 1e-2), clip=(1.0,), dropout=(0.2,)),
+        train_seeds=(0, 1), n_images=20, epsilons=(0.002, 0.005), time_limit=5.0,
         train=TrainConfig(task="classification", epochs=10, batch_size=64, lr=1e-3), n_train=20_000,
     ),
 }
@@ -877,21 +951,10 @@ def verification_study(ctx: StudyContext) -> StudyResult:
         ctx.log(f"{err}; using scikit-learn digits instead (labelled synthetic)")
         ds = verification.dataset("digits")
         sources = [verification.digits_fallback_record(), ds.source.as_record()]
-    configs = [(plan.hidden, lever) for lever in plan.levers] + [(plan.deep, PLAIN)]
-    nets: dict[tuple[str, str, int], ReluNetwork] = {}
-    info: dict[tuple[str, str, int], dict[str, Any]] = {}
-    for hidden, lever in configs:
-        for seed in plan.train_seeds:
-            start = time.perf_counter()
-            net = verification.train_classifier(ds, replace(plan.train, hidden=hidden, seed=seed, **lever.flags()))
-            key = (arch_label(hidden), lever.label, seed)
-            nets[key] = net
-            info[key] = {"arch": key[0], "lever": key[1], "seed": seed, "test_error": ds.test_error(net),
-                         "train_seconds": time.perf_counter() - start}
-            ctx.log(f"trained {key}: test error {info[key]['test_error']:.4f}")
+    nets, info = train_verification_networks(ds, plan, ctx.log)
     images = verification.pick_images(ds, list(nets.values()), plan.n_images, seed=0)
     insts = verification.instances(ds, images, plan.epsilons)
-    cache = RecordCache(ctx)
+    cache = RecordCache(ctx, plan)
     entries = []
     main_arch = arch_label(plan.hidden)
     for i, (key, net) in enumerate(nets.items()):
@@ -899,12 +962,7 @@ def verification_study(ctx: StudyContext) -> StudyResult:
         cache_key = f"{'|'.join(map(str, key))}|{','.join(methods)}|{images.tolist()}"
         entry = cache.get(cache_key)
         if entry is None:
-            recs = solve_all(net, insts, methods, (plan.solver_seed,), plan.time_limit, ctx.log)
-            for rec, inst in zip(recs, [inst for inst in insts for _ in methods], strict=True):
-                rec["attack"] = verification.attack(net, inst, seed=0) if rec["method"] == "lp" else None
-                if rec["method"] == "lp":
-                    rec.update(region_count(net, inst.lower, inst.upper, plan.region_samples))
-            entry = {**info[key], "solves": recs}
+            entry = {**info[key], "solves": measure_verification(net, insts, methods, plan, ctx.log)}
             cache.put(cache_key, entry)
         entry = {**info[key], "solves": entry["solves"]}  # errors are remeasured, solves resumed
         n_solved = sum(s["solved"] for s in entry["solves"])
@@ -962,6 +1020,37 @@ def verification_study(ctx: StudyContext) -> StudyResult:
                            "solves": [{k: v for k, v in s.items() if k != "x"} for s in solves(entries)]},
         tables=tables, figures=figures, claims=claims,
     )
+
+
+def train_verification_networks(
+    ds: Dataset, plan: VerificationPlan, log: Callable[[str], None]
+) -> tuple[dict[tuple[str, str, int], ReluNetwork], dict[tuple[str, str, int], dict[str, Any]]]:
+    """Every classifier of the plan, keyed (architecture, lever, seed), and its test error and training time."""
+    nets: dict[tuple[str, str, int], ReluNetwork] = {}
+    info: dict[tuple[str, str, int], dict[str, Any]] = {}
+    for hidden, lever in [(plan.hidden, lever) for lever in plan.levers] + [(plan.deep, PLAIN)]:
+        for seed in plan.train_seeds:
+            start = time.perf_counter()
+            net = verification.train_classifier(ds, replace(plan.train, hidden=hidden, seed=seed, **lever.flags()))
+            key = (arch_label(hidden), lever.label, seed)
+            nets[key] = net
+            info[key] = {"arch": key[0], "lever": key[1], "seed": seed, "test_error": ds.test_error(net),
+                         "train_seconds": time.perf_counter() - start}
+            log(f"trained {key}: test error {info[key]['test_error']:.4f}")
+    return nets, info
+
+
+def measure_verification(
+    net: ReluNetwork, insts: Sequence[Instance], methods: Sequence[str], plan: VerificationPlan,
+    log: Callable[[str], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Solve every ball with every method; with LP bounds also run a PGD attack and sample the ball's regions."""
+    recs = solve_all(net, insts, methods, (plan.solver_seed,), plan.time_limit, log)
+    for rec, inst in zip(recs, [inst for inst in insts for _ in methods], strict=True):
+        rec["attack"] = verification.attack(net, inst, seed=0) if rec["method"] == "lp" else None
+        if rec["method"] == "lp":
+            rec.update(region_count(net, inst.lower, inst.upper, plan.region_samples))
+    return recs
 
 
 def _verification_claims(
@@ -1051,6 +1140,7 @@ def reformer_study(ctx: StudyContext) -> StudyResult:
     claims, mstats = method_claims(plain, plan.time_limit)
     lclaims, lstats = lever_claims(entries, arch, "lp", plan.time_limit)
     claims += lclaims
+    claims.append(largest_gain_claim(plain, lstats, arch))
     opts = [e["optimum"] for e in plain if e.get("optimum")]
     pub = reformer.PUBLISHED
     rows = [[e["seed"], *(f"{e['optimum'][k]:.5f}" for k in ("bypass", "ng_steam_ratio", "h2", "n2", "h2_simulated",
@@ -1142,50 +1232,18 @@ OMLT_PLANS = {
 
 @study("relumip", "omlt", title="Head-to-head with OMLT (Pyomo big-M formulation, HiGHS through APPSI)")
 def omlt_study(ctx: StudyContext) -> StudyResult:
-    from structlab.relumip.omlt_compare import solve_with_omlt
-
     _threads_one()
     plan = OMLT_PLANS[ctx.scale]
-    problems: list[tuple[str, ReluNetwork, list[Instance], int]] = []
-    sources = []
-    pk = peaks.dataset()
-    sources.append(pk.source.as_record())
-    for hidden in plan.peaks:
-        for seed in plan.seeds:
-            net, _ = train_regressor(pk, hidden, PLAIN, seed, plan.peaks_train)
-            problems.append((f"peaks {arch_label(hidden)}", net, [peaks.instance()], seed))
-    rf = reformer.dataset()
-    sources.append(rf.source.as_record())
-    for seed in plan.seeds:
-        net, _ = train_regressor(rf, reformer.HIDDEN, PLAIN, seed, plan.reformer_train)
-        problems.append((f"reformer {arch_label(reformer.HIDDEN)}", net, [reformer.instance(rf)], seed))
-    try:
-        vf = verification.dataset("fashion-mnist", n_train=plan.n_train_verification)
-        sources.append(vf.source.as_record())
-    except DataNotFoundError:
-        vf = verification.dataset("digits")
-        sources += [verification.digits_fallback_record(), vf.source.as_record()]
-    vnet = verification.train_classifier(
-        vf, replace(plan.verification_train, hidden=plan.verification, seed=plan.seeds[0]))
-    images = verification.pick_images(vf, [vnet], plan.n_images, seed=0)
-    problems.append((f"verification {arch_label(plan.verification)}", vnet,
-                     verification.instances(vf, images, plan.epsilons), plan.seeds[0]))
-
-    cache = RecordCache(ctx)
+    problems, sources = head_to_head_problems(plan)
+    cache = RecordCache(ctx, plan)
     records = []
     for name, net, insts, seed in problems:
         for inst in insts:
             key = f"{name}|{seed}|{inst.name}"
             rec = cache.get(key)
             if rec is None:
-                rec = {"problem": name, "seed": seed, "instance": inst.name}
-                for label, run in (
-                    ("omlt", lambda n=net, i=inst: solve_with_omlt(n, i, time_limit=plan.time_limit)),
-                    ("interval", lambda n=net, i=inst: solve_instance(n, i, "interval", time_limit=plan.time_limit)),
-                    ("lp", lambda n=net, i=inst: solve_instance(
-                        n, i, lp_bounds(n, i.lower, i.upper, n_jobs=1), time_limit=plan.time_limit)),
-                ):
-                    rec[label] = {k: v for k, v in run().as_record().items()}
+                rec = {"problem": name, "seed": seed, "instance": inst.name,
+                       **measure_head_to_head(net, inst, plan.time_limit)}
                 cache.put(key, rec)
             ctx.log(f"{key}: OMLT {rec['omlt']['status']} {rec['omlt']['seconds']:.1f} s, structlab LP "
                     f"{rec['lp']['status']} {rec['lp']['seconds']:.1f} s")
@@ -1225,6 +1283,49 @@ def omlt_study(ctx: StudyContext) -> StudyResult:
     )
 
 
+def head_to_head_problems(plan: OmltPlan) -> tuple[list[tuple[str, ReluNetwork, list[Instance], int]], list[dict]]:
+    """The plain networks of the head-to-head with their instances (name, network, instances, seed), and
+    the data sources."""
+    problems: list[tuple[str, ReluNetwork, list[Instance], int]] = []
+    sources: list[dict] = []
+    pk = peaks.dataset()
+    sources.append(pk.source.as_record())
+    for hidden in plan.peaks:
+        for seed in plan.seeds:
+            net, _ = train_regressor(pk, hidden, PLAIN, seed, plan.peaks_train)
+            problems.append((f"peaks {arch_label(hidden)}", net, [peaks.instance()], seed))
+    rf = reformer.dataset()
+    sources.append(rf.source.as_record())
+    for seed in plan.seeds:
+        net, _ = train_regressor(rf, reformer.HIDDEN, PLAIN, seed, plan.reformer_train)
+        problems.append((f"reformer {arch_label(reformer.HIDDEN)}", net, [reformer.instance(rf)], seed))
+    try:
+        vf = verification.dataset("fashion-mnist", n_train=plan.n_train_verification)
+        sources.append(vf.source.as_record())
+    except DataNotFoundError:
+        vf = verification.dataset("digits")
+        sources += [verification.digits_fallback_record(), vf.source.as_record()]
+    vnet = verification.train_classifier(
+        vf, replace(plan.verification_train, hidden=plan.verification, seed=plan.seeds[0]))
+    images = verification.pick_images(vf, [vnet], plan.n_images, seed=0)
+    problems.append((f"verification {arch_label(plan.verification)}", vnet,
+                     verification.instances(vf, images, plan.epsilons), plan.seeds[0]))
+    return problems, sources
+
+
+def measure_head_to_head(net: ReluNetwork, inst: Instance, time_limit: float) -> dict[str, Any]:
+    """One instance solved by OMLT and by structlab (interval and LP bounds), one after the other so that
+    the machine's load is alike for the three."""
+    from structlab.relumip.omlt_compare import solve_with_omlt
+
+    return {
+        "omlt": solve_with_omlt(net, inst, time_limit=time_limit).as_record(),
+        "interval": solve_instance(net, inst, "interval", time_limit=time_limit).as_record(),
+        "lp": solve_instance(net, inst, lp_bounds(net, inst.lower, inst.upper, n_jobs=1),
+                             time_limit=time_limit).as_record(),
+    }
+
+
 def _version(package: str) -> str | None:
     from importlib import metadata
 
@@ -1245,6 +1346,9 @@ def _omlt_claims(records: list[dict[str, Any]], plan: OmltPlan) -> tuple[list[Cl
         return (r["problem"], r["seed"], r["instance"])
 
     hard_cmp = paired({key(r): r["omlt"]["seconds"] for r in hard}, {key(r): r["lp"]["seconds"] for r in hard})
+    decided = [r for r in hard if r["omlt"]["solved"] or r["lp"]["solved"]]  # not a time-out on both sides
+    decided_cmp = paired({key(r): r["omlt"]["seconds"] for r in decided},
+                         {key(r): r["lp"]["seconds"] for r in decided})
     all_cmp = paired({key(r): r["omlt"]["seconds"] for r in records}, {key(r): r["lp"]["seconds"] for r in records})
     speedup = 1 / hard_cmp["ratio"] if hard_cmp["n"] else math.nan
     claims = [
@@ -1258,12 +1362,17 @@ def _omlt_claims(records: list[dict[str, Any]], plan: OmltPlan) -> tuple[list[Cl
               "agrees" if not missed else "disagrees", f"Same HiGHS options and time limit ({plan.time_limit:g} s)."),
         Claim("Goal: structlab is at least 2x faster than OMLT on the median of the hard instances.",
               f"{len(hard)} hard instances (OMLT >= {plan.hard_seconds:g} s or unsolved): median speed-up "
-              f"{speedup:.2f}x ({fmt_paired(hard_cmp)}); all {len(records)} instances: {fmt_paired(all_cmp)}",
+              f"{speedup:.2f}x ({fmt_paired(hard_cmp)}); without the {len(hard) - len(decided)} that neither "
+              f"solved: {1 / decided_cmp['ratio'] if decided_cmp['n'] else math.nan:.2f}x ({fmt_paired(decided_cmp)}); "
+              f"all {len(records)} instances: {fmt_paired(all_cmp)}",
               _goal_verdict(hard_cmp, speedup),
               "Total time: bounds, model building (Pyomo and OMLT for OMLT; LP tightening for structlab) and "
-              "HiGHS's run. Time-outs count at the limit, which understates the speed-up."),
+              "HiGHS's run. A time-out counts at its measured time, which understates the speed-up where OMLT "
+              "timed out and structlab did not, and makes an instance neither solved a tie; the verdict uses "
+              "all hard instances."),
     ]
-    return claims, {"optimum_agreement": worst, "hard": hard_cmp, "all": all_cmp, "solved_by_omlt_only": missed}
+    return claims, {"optimum_agreement": worst, "hard": hard_cmp, "hard_decided": decided_cmp, "all": all_cmp,
+                    "solved_by_omlt_only": missed}
 
 
 def _goal_verdict(cmp: dict[str, Any], speedup: float) -> str:
@@ -1294,3 +1403,11 @@ def _omlt_scatter(records: list[dict[str, Any]], plan: OmltPlan, path: Path) -> 
     fig.tight_layout()
     fig.savefig(path, dpi=130)
     plt.close(fig)
+
+
+# What measurement_digest hashes besides the plan and the library: the plans and the code that measures.
+MEASURING: tuple[Callable[..., Any], ...] = (
+    Lever, Plan, NetworkSpec, VerificationPlan, OmltPlan, arch_label, prepare, bound_indicators, solve_all, _list,
+    region_count, train_regressor, run_box_problem, _indicators_of, train_verification_networks,
+    measure_verification, head_to_head_problems, measure_head_to_head,
+)
