@@ -666,8 +666,9 @@ def method_claims(entries: list[dict[str, Any]], time_limit: float) -> tuple[lis
             "LP-based bound tightening shrinks the big-M coefficients and the run time.",
             f"largest big-M (LP/interval) median {np.median(shrink):.2f}; total time (bounds included): "
             f"{fmt_paired(total)}; solver time only: {fmt_paired(solver)}; solved "
-            f"{sum(r['solved'] for r in lp)}/{len(lp)} (LP) vs {sum(r['solved'] for r in interval)}/{len(interval)}; "
-            f"where both hit the limit, gap ratio LP/interval {gaps['ratio']:.2f} (p={gaps['p']:.2g}, n={gaps['n']})",
+            f"{sum(r['solved'] for r in lp)}/{len(lp)} (LP) vs {sum(r['solved'] for r in interval)}/{len(interval)}"
+            + (f"; where both hit the limit, gap ratio LP/interval {gaps['ratio']:.2f} (p={gaps['p']:.2g}, "
+               f"n={gaps['n']})" if gaps["n"] else ""),
             verdict_for_speedup(total) if np.median(shrink) < 1 else "disagrees",
             f"Paired on the same networks, instances and solver seeds; time limit {time_limit:g} s.",
         ))
