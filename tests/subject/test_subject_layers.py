@@ -368,6 +368,27 @@ def test_subject_dropout_computes_a_fraction_of_training_trials_as_unknown():
         assert not ((wrapped.eval()(x, 0) - shared(x)).abs().amax(1) < 1e-6).any()
 
 
+def test_training_with_frozen_zero_adapters_follows_the_plain_model_step_for_step():
+    # The wrapper must not change training itself: with B = 0 frozen and no subject dropout, a mixed-subject
+    # model trains exactly as the plain model does (same batches, same dropout masks), up to float rounding.
+    from structlab.subject.training import TrainConfig, fit
+
+    torch.manual_seed(0)
+    plain = EEGNet(8, 4, 128)
+    wrapped = SubjectConditioned(copy.deepcopy(plain), 3, rank=2, exclude=["features.2", "classifier"])
+    for p in wrapped.adapter_parameters():
+        p.requires_grad_(False)
+    x, y, subjects = torch.randn(48, 8, 128), torch.randint(0, 4, (48,)), torch.randint(0, 3, (48,))
+    config = TrainConfig(steps=6, batch_size=16)
+    torch.manual_seed(1)
+    plain_losses = fit(plain, x, y, config=config, seed=0)
+    torch.manual_seed(1)
+    wrapped_losses = fit(wrapped, x, y, subjects, config=config, seed=0)
+    assert wrapped_losses == pytest.approx(plain_losses, abs=1e-4)
+    with torch.no_grad():
+        assert torch.allclose(wrapped(x, subjects), plain(x), atol=1e-4)
+
+
 def test_calibrate_trains_only_the_new_subjects_adapter():
     torch.manual_seed(0)
     model = EEGNet(8, 2, 64, kernel_length=16)
