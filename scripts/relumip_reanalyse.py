@@ -1,0 +1,61 @@
+"""Re-derive the claims of stored full-scale relumip results with the current analysis code.
+
+Reads the measurements kept in ``results/relumip/{peaks,reformer,omlt}.json`` (every network's solve
+records) and applies the analysis functions of :mod:`structlab.relumip.studies` to them: no training,
+no solving. This is how the lines marked *re-analysed* in docs/relumip.md were made, for result files
+written before those claims existed.
+
+    .venv/bin/python scripts/relumip_reanalyse.py [--results results] [--out reanalysis.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from structlab.atomic import atomic_write_text
+from structlab.relumip import studies
+
+# (study, architecture of the lever grid, time limit in seconds) of the full-scale plans
+BOX_STUDIES = (("peaks", "3x25", 30.0), ("reformer", "4x10", 30.0))
+
+
+def entries_of(metrics: dict[str, Any]) -> list[dict[str, Any]]:
+    """The per-network entries of a stored study, each with its solve records."""
+    solves = {(s["arch"], s["lever"], s["seed"]): s["solves"] for s in metrics["solves"]}
+    return [{**n, "solves": solves[(n["arch"], n["lever"], n["seed"])]} for n in metrics["networks"]]
+
+
+def reanalyse(results: Path) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, arch, time_limit in BOX_STUDIES:
+        entries = entries_of(json.loads((results / "relumip" / f"{name}.json").read_text())["metrics"])
+        plain = [e for e in entries if e["lever"] == "plain"]
+        method, method_stats = studies.method_claims(plain, time_limit)
+        levers, lever_stats = studies.lever_claims(entries, arch, "lp", time_limit)
+        gain = studies.largest_gain_claim([e for e in plain if e["arch"] == arch], lever_stats, arch)
+        out[name] = {"claims": [vars(c) for c in [*method, *levers, gain]], "method_stats": method_stats,
+                     "levers": lever_stats["levers"], "plain_error": lever_stats["plain_error"]}
+    records = json.loads((results / "relumip" / "omlt.json").read_text())["metrics"]["records"]
+    claims, stats = studies._omlt_claims(records, studies.OMLT_PLANS["full"])
+    out["omlt"] = {"claims": [vars(c) for c in claims], "stats": stats}
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--results", type=Path, default=Path("results"))
+    parser.add_argument("--out", type=Path, default=Path("results/relumip/reanalysis.json"))
+    args = parser.parse_args()
+    out = reanalyse(args.results)
+    atomic_write_text(args.out, json.dumps(out, indent=1, default=str))
+    for name, part in out.items():
+        print(f"===== {name}")
+        for c in part["claims"]:
+            print(f"- [{c['verdict']}] {c['claim']}\n    {c['measured']}")
+
+
+if __name__ == "__main__":
+    main()
