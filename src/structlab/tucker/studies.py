@@ -187,7 +187,8 @@ def run_charlm(ctx: StudyContext, plan: CharLMPlan) -> StudyResult:
         Table("Mode spectra of the trained MHA layers: ranks keeping 90% / 99% of each mode's energy",
               ["model", "layer", "side", "head", "query|output", "key|value"], _energy_rank_rows(spectra_records)),
         Table("Measured multilinear ranks of the trained layers (rtol 1e-5) against the theorem's",
-              ["d", "attention", "layer 0 measured (qk / vo)", "theorem (qk / vo)", "all layers equal"], rank_rows),
+              ["d", "attention", "layer 0 measured (qk / vo)", "theorem (qk / vo)", "largest shortfall",
+               "never above"], rank_rows),
     ]
     best = {width: min(specs, key=lambda s: metrics[f"d{width}"][s]["val_loss"]["mean"])
             for width, specs in plan.variants.items()}
@@ -253,7 +254,7 @@ def _gap_claim(gaps: list[dict[str, Any]], unit: str, goal: float, fraction: flo
             continue
         s = g["gap_spread"]
         measured.append(f"d={g['width']}: {g['tucker']} ({g['fraction']:.0%} of MHA's attention parameters) is "
-                        f"{g['gap']:+.4f} {unit} from MHA (per-seed differences {format_spread(s, 4)})")
+                        f"{g['gap']:+.4f} {unit} worse than MHA (per-seed differences {format_spread(s, 4)})")
         ok.append(g["gap"] <= goal)
     verdict = "agrees" if ok and all(ok) else "partly agrees" if any(ok) else "disagrees" if ok else "not measured"
     claim = (f"Tucker Attention is within {goal} {what} MHA with at most {fraction:.0%} of its attention parameters "
@@ -347,19 +348,29 @@ def _rank_check_rows(outcomes: Sequence[dict[str, Any]] | Any) -> list[list[Any]
         seen.add(key)
         measured, theorem = o["ranks"]["measured"], o["ranks"]["theorem"]
         fmt = lambda pair: " / ".join(",".join(map(str, side)) for side in pair)  # noqa: E731
+        # per layer, side and mode: how far the measured rank falls short of the theorem's (< 0: above it)
+        shortfall = [t - m for layer_m, layer_t in zip(measured, theorem, strict=True)
+                     for side_m, side_t in zip(layer_m, layer_t, strict=True)
+                     for m, t in zip(side_m, side_t, strict=True)]
         rows.append([o.get("width", ""), o["attention"], fmt(measured[0]), fmt(theorem[0]),
-                     all(m == t for m, t in zip(measured, theorem, strict=True))])
+                     max(shortfall), min(shortfall) >= 0])
     return rows
 
 
 def _rank_claim(rows: list[list[Any]]) -> Claim:
-    equal = sum(bool(r[-1]) for r in rows)
+    """The theorem's ranks are upper bounds that generic weights reach: a measured rank above one disagrees,
+    one below it means the trained weights are numerically rank-deficient in that mode."""
+    within = sum(bool(r[-1]) for r in rows)
+    reached = sum(bool(r[-1]) and r[-2] == 0 for r in rows)
+    short = max((r[-2] for r in rows), default=0)
     return Claim(
         "MHA, GQA and MLA layers have the multilinear ranks the paper's theorem states (and Tucker layers their ranks)",
-        f"{equal} of {len(rows)} trained configurations: measured ranks equal the theorem's in every layer",
-        "agrees" if rows and equal == len(rows) else "partly agrees" if equal else "disagrees",
+        f"{within} of {len(rows)} trained configurations have no rank above the theorem's in any layer, side or "
+        f"mode; {reached} reach it everywhere, the others fall short by at most {short} in a mode",
+        "agrees" if rows and within == len(rows) else "disagrees",
         "Ranks measured on the trained weights (float32) with a relative tolerance of 1e-5 on each mode's "
-        "singular values; a theorem rank is an upper bound that generic weights reach.",
+        "singular values; a theorem rank is an upper bound that generic weights reach, and a trained mode can "
+        "fall a little below it (exactly, in float64, to_tucker reproduces the layers at these ranks).",
     )
 
 
