@@ -470,7 +470,9 @@ def _ssvep_figures(ctx: StudyContext, plan: Plan, records: Sequence[Record], var
         axes[0].bar(np.arange(len(pooled_methods)) + i * width, [s[0] for s in stats], width,
                     yerr=[s[1] for s in stats], label=backbone, capsize=2)
     axes[0].set_xticks(np.arange(len(pooled_methods)) + width * (len(plan.backbones) - 1) / 2)
-    axes[0].set_xticklabels([m.replace(" + ", "\n+ ").replace(" (", "\n(") for m in pooled_methods], fontsize=7)
+    # seven long method names: slanted, so neighbours do not overprint each other
+    axes[0].set_xticklabels([m.replace(" + ", "\n+ ").replace(" (", "\n(") for m in pooled_methods],
+                            fontsize=7, rotation=20, ha="right")
     axes[0].set_title("pooled cross-session (the paper's protocol)")
     axes[0].set_ylabel("accuracy (mean over subjects, ± s.e.)")
     axes[0].axhline(0.25, color="grey", lw=0.8, ls=":")
