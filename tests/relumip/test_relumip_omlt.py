@@ -4,23 +4,18 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from structlab.relumip import ReluNetwork, interval_bounds
 from structlab.relumip.problems import Instance, OutputConstraint, solve_instance
+
+from ._relumip_reference import random_mlp
 
 omlt_compare = pytest.importorskip("structlab.relumip.omlt_compare")
 pytest.importorskip("omlt")
 
 
 def _net(widths: tuple[int, ...], seed: int, clip: float | None = None, **scaling: object) -> ReluNetwork:
-    torch.manual_seed(seed)
-    layers: list[torch.nn.Module] = []
-    for i, (a, b) in enumerate(zip(widths[:-1], widths[1:], strict=True)):
-        layers.append(torch.nn.Linear(a, b))
-        if i < len(widths) - 2:
-            layers.append(torch.nn.ReLU() if clip is None else torch.nn.Hardtanh(0.0, clip))
-    return ReluNetwork.from_torch(torch.nn.Sequential(*layers), **scaling)
+    return ReluNetwork.from_torch(random_mlp(widths, seed, clip), **scaling)
 
 
 def test_omlt_and_structlab_find_the_same_optimum_with_scaling_and_output_constraint():
