@@ -454,6 +454,13 @@ def _ssvep_figures(ctx: StudyContext, plan: Plan, records: Sequence[Record], var
 
     names = []
 
+    def save(fig, name: str) -> None:
+        fig.tight_layout()
+        path = ctx.figure_path(name)
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        names.append(path.name)
+
     def mean_sem(acc):
         v = np.array(list(_subject_means(acc).values()))
         return (v.mean(), v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else (v.mean() if len(v) else np.nan, 0)
@@ -487,11 +494,7 @@ def _ssvep_figures(ctx: StudyContext, plan: Plan, records: Sequence[Record], var
     axes[1].set_xticklabels([m.replace(" + ", "\n+ ").replace(" (", "\n(") for m in zero_methods], fontsize=7)
     axes[1].set_title("leave-one-subject-out, zero-shot (EEGNet)")
     axes[1].axhline(0.25, color="grey", lw=0.8, ls=":")
-    fig.tight_layout()
-    path = ctx.figure_path("accuracy.png")
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    names.append(path.name)
+    save(fig, "accuracy.png")
 
     # 2. accuracy against k
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
@@ -511,11 +514,7 @@ def _ssvep_figures(ctx: StudyContext, plan: Plan, records: Sequence[Record], var
     ax.set_ylabel("accuracy on its later sessions")
     ax.set_title("unseen subject, calibrated (EEGNet, LOSO)")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    path = ctx.figure_path("accuracy_vs_k.png")
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    names.append(path.name)
+    save(fig, "accuracy_vs_k.png")
 
     # 3. per-subject deltas
     k_mid = plan.ks[len(plan.ks) // 2]
@@ -536,11 +535,7 @@ def _ssvep_figures(ctx: StudyContext, plan: Plan, records: Sequence[Record], var
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("subject")
     axes[0].set_ylabel("accuracy difference (mean over seeds)")
-    fig.tight_layout()
-    path = ctx.figure_path("subject_deltas.png")
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    names.append(path.name)
+    save(fig, "subject_deltas.png")
 
     # 4. rank sweep
     ranks = sorted({*plan.ranks, _config(plan).rank}) if plan.ranks else []
@@ -558,11 +553,7 @@ def _ssvep_figures(ctx: StudyContext, plan: Plan, records: Sequence[Record], var
         ax.set_xlabel("adapter rank r (clipped to each layer's limit)")
         ax.set_ylabel("accuracy (pooled cross-session)")
         ax.legend(fontsize=8)
-        fig.tight_layout()
-        path = ctx.figure_path("rank_sweep.png")
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-        names.append(path.name)
+        save(fig, "rank_sweep.png")
     return names
 
 
