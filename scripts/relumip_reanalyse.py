@@ -22,16 +22,10 @@ from structlab.relumip import studies
 BOX_STUDIES = (("peaks", "3x25", 30.0), ("reformer", "4x10", 30.0))
 
 
-def entries_of(metrics: dict[str, Any]) -> list[dict[str, Any]]:
-    """The per-network entries of a stored study, each with its solve records."""
-    solves = {(s["arch"], s["lever"], s["seed"]): s["solves"] for s in metrics["solves"]}
-    return [{**n, "solves": solves[(n["arch"], n["lever"], n["seed"])]} for n in metrics["networks"]]
-
-
 def reanalyse(results: Path) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, arch, time_limit in BOX_STUDIES:
-        entries = entries_of(json.loads((results / "relumip" / f"{name}.json").read_text())["metrics"])
+        entries = studies.entries_from_stored(json.loads((results / "relumip" / f"{name}.json").read_text())["metrics"])
         plain = [e for e in entries if e["lever"] == "plain"]
         method, method_stats = studies.method_claims(plain, time_limit)
         levers, lever_stats = studies.lever_claims(entries, arch, "lp", time_limit)

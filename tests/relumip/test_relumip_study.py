@@ -90,3 +90,18 @@ def test_prepare_rejects_unknown_methods():
 
     with pytest.raises(ValueError, match="method"):
         studies.prepare(None, peaks.LOWER, peaks.UPPER, "milp+magic")
+
+
+def test_stored_measurements_round_trip_to_the_entries():
+    entries = [
+        {"arch": "2x5", "lever": "plain", "seed": s, "test_error": 0.1 * s,
+         "solves": [{"method": m, "seconds": float(i), "x": [0.0]} for i, m in enumerate(("interval", "lp"))]}
+        for s in (0, 1)
+    ]
+    stored = json.loads(json.dumps(studies.stored_measurements(entries, drop=("x",))))
+    assert all("solves" not in s and "x" not in s for s in stored["solves"])  # no nested copies
+    back = studies.entries_from_stored(stored)
+    assert [{k: v for k, v in e.items() if k != "solves"} for e in back] == stored["networks"]
+    for original, restored in zip(entries, back, strict=True):
+        assert [(s["method"], s["seconds"]) for s in restored["solves"]] == \
+            [(s["method"], s["seconds"]) for s in original["solves"]]

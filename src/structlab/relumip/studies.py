@@ -485,6 +485,25 @@ def _indicators_of(net: ReluNetwork, ds: Dataset, method: str, records: list[dic
     return {f"{k}_{method}": first[k] for k in ("stable", "big_m", "network_binaries", "bounds_seconds")}
 
 
+def stored_measurements(entries: Sequence[dict[str, Any]], drop: Sequence[str] = ()) -> dict[str, Any]:
+    """What a results file keeps of the measurements: every network (without its solves) and every solve
+    record merged with its network's fields (less the fields in ``drop``); :func:`entries_from_stored` is
+    the inverse, so the analysis can be re-run on a results file."""
+    return {"networks": [{k: v for k, v in e.items() if k != "solves"} for e in entries],
+            "solves": [{k: v for k, v in s.items() if k != "solves" and k not in drop} for s in solves(entries)]}
+
+
+def entries_from_stored(metrics: dict[str, Any]) -> list[dict[str, Any]]:
+    """The per-network entries, each with its solve records, from a results file's ``metrics``."""
+    def key(record: dict[str, Any]) -> tuple[Any, ...]:
+        return record["arch"], record["lever"], record["seed"]
+
+    by_network: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    for record in metrics["solves"]:
+        by_network.setdefault(key(record), []).append({k: v for k, v in record.items() if k != "solves"})
+    return [{**n, "solves": by_network.get(key(n), [])} for n in metrics["networks"]]
+
+
 def solves(entries: Iterable[dict[str, Any]], **match: Any) -> list[dict[str, Any]]:
     """Solve records of the entries whose fields equal ``match`` (fields of a solve or of its network)."""
     out = []
@@ -810,8 +829,7 @@ def peaks_study(ctx: StudyContext) -> StudyResult:
         seeds=list(plan.train_seeds), data=[ds.source.as_record()],
         metrics={"growth": growth, "growth_per_layer": depth_slope, **mstats, **lstats,
                  "optimum_agreement": worst, "regret": spread(regrets),
-                 "networks": [{k: v for k, v in e.items() if k != "solves"} for e in entries],
-                 "solves": [{k: v for k, v in s.items()} for s in solves(entries)]},
+                 **stored_measurements(entries)},
         tables=tables, figures=figures, claims=claims,
     )
 
@@ -1017,8 +1035,7 @@ def verification_study(ctx: StudyContext) -> StudyResult:
         summary=_summary(claims), config=asdict(plan) | {"levers": [lv.label for lv in plan.levers],
                                                           "images": images.tolist()},
         seeds=list(plan.train_seeds), data=sources,
-        metrics=metrics | {"networks": [{k: v for k, v in e.items() if k != "solves"} for e in entries],
-                           "solves": [{k: v for k, v in s.items() if k != "x"} for s in solves(entries)]},
+        metrics=metrics | stored_measurements(entries, drop=("x",)),
         tables=tables, figures=figures, claims=claims,
     )
 
@@ -1190,8 +1207,7 @@ def reformer_study(ctx: StudyContext) -> StudyResult:
         config=_plan_record(plan) | {"published": pub, "n2_limit": reformer.N2_LIMIT},
         seeds=list(plan.train_seeds), data=[ds.source.as_record()],
         metrics={**mstats, **lstats, "optimum_agreement": worst,
-                 "networks": [{k: v for k, v in e.items() if k != "solves"} for e in entries],
-                 "solves": solves(entries)},
+                 **stored_measurements(entries)},
         tables=tables, figures=figures, claims=claims,
     )
 
