@@ -20,7 +20,7 @@ import hashlib
 import importlib
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -95,14 +95,21 @@ def load_studies() -> dict[tuple[str, str], Study]:
     return dict(_STUDIES)
 
 
+def source_digest(package: Path, exclude: Sequence[str] = (), prefix: bytes = b"") -> hashlib._Hash:
+    """SHA-256 of ``prefix`` and every ``*.py`` file below ``package`` (relative path and contents, in
+    sorted order), leaving out files named in ``exclude``. Parts key stored work on it, so a change to
+    the code that made the work invalidates it; ``update`` the result to add more."""
+    digest = hashlib.sha256(prefix)
+    for path in sorted(package.rglob("*.py")):
+        if path.name not in exclude:
+            digest.update(path.relative_to(package).as_posix().encode())
+            digest.update(path.read_bytes())
+    return digest
+
+
 def fingerprint(part: str, scale: str) -> str:
     """A hash of the part's source code and the scale: results with another fingerprint are stale."""
-    digest = hashlib.sha256(scale.encode())
-    package = Path(__file__).parent / part
-    for path in sorted(package.rglob("*.py")):
-        digest.update(path.relative_to(package).as_posix().encode())
-        digest.update(path.read_bytes())
-    return digest.hexdigest()[:16]
+    return source_digest(Path(__file__).parent / part, prefix=scale.encode()).hexdigest()[:16]
 
 
 def is_current(spec: Study, scale: str, results_dir: Path) -> bool:

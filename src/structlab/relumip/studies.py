@@ -20,7 +20,6 @@ analysis reuses the measurements.
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import json
 import math
@@ -34,6 +33,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from structlab import reproduce
 from structlab.errors import DataNotFoundError
 from structlab.relumip.bounds import Bounds, interval_bounds, lp_bounds, stable_fraction
 from structlab.relumip.formulation import Formulation
@@ -223,11 +223,8 @@ def measurement_digest(plan: Any) -> str:
     """A hash of everything that decides what a study measures: the plan, the library and problem modules
     (every module of the part but this one and the command line) and the measuring functions here. The
     analysis that turns measurements into tables and claims is left out, so changing it reuses them."""
-    digest = hashlib.sha256(repr(plan).encode())
-    package = Path(__file__).parent
-    for path in sorted(package.rglob("*.py")):
-        if path.name not in ("studies.py", "cli.py"):
-            digest.update(path.relative_to(package).as_posix().encode() + path.read_bytes())
+    digest = reproduce.source_digest(Path(__file__).parent, exclude=("studies.py", "cli.py"),
+                                     prefix=repr(plan).encode())
     for fn in MEASURING:
         digest.update(inspect.getsource(fn).encode())
     return digest.hexdigest()[:10]

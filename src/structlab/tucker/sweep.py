@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from structlab import runtime
+from structlab import reproduce, runtime
 from structlab.atomic import atomic_write_json
 
 
@@ -40,14 +40,9 @@ class Job:
 
 
 def code_fingerprint(package: Path, exclude: Sequence[str] = ()) -> str:
-    """A hash of the package's modules (``*.py`` beside each other), leaving out ``exclude`` (file names):
-    stored runs stay valid while only the code that analyses or presents them changes."""
-    digest = hashlib.sha256()
-    for path in sorted(package.glob("*.py")):
-        if path.name not in exclude:
-            digest.update(path.name.encode())
-            digest.update(path.read_bytes())
-    return digest.hexdigest()[:16]
+    """A hash of the package's modules, leaving out ``exclude`` (file names): stored runs stay valid while
+    only the code that analyses or presents them changes."""
+    return reproduce.source_digest(package, exclude).hexdigest()[:16]
 
 
 def parallelism(device: str, quick: bool = False) -> tuple[int, int]:
