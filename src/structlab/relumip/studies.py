@@ -20,6 +20,7 @@ analysis reuses the measurements.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import json
 import math
@@ -33,7 +34,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from structlab import reproduce
+from structlab import reproduce, runtime
 from structlab.errors import DataNotFoundError
 from structlab.relumip.bounds import Bounds, interval_bounds, lp_bounds, stable_fraction
 from structlab.relumip.formulation import Formulation
@@ -427,10 +428,13 @@ def arch_label(hidden: Sequence[int]) -> str:
     return f"{len(hidden)}x{hidden[0]}" if len(widths) == 1 else "-".join(map(str, hidden))
 
 
-def _threads_one() -> None:
-    import torch
-
-    torch.set_num_threads(1)
+def _one_thread(fn: Callable[[StudyContext], StudyResult]) -> Callable[[StudyContext], StudyResult]:
+    """Run a study with one PyTorch thread (small networks; solver pools use the cores), restored after."""
+    @functools.wraps(fn)
+    def wrapper(ctx: StudyContext) -> StudyResult:
+        with runtime.torch_threads(1):
+            return fn(ctx)
+    return wrapper
 
 
 # ------------------------------------------------------------------------------------ box problems
@@ -727,8 +731,8 @@ PEAKS_PLANS = {
 
 
 @study("relumip", "peaks", title="Peaks surrogate: big-M growth, bound tightening, rescaling and training levers")
+@_one_thread
 def peaks_study(ctx: StudyContext) -> StudyResult:
-    _threads_one()
     plan = PEAKS_PLANS[ctx.scale]
     ds = peaks.dataset(**plan.data)
     minimum, argmin = peaks.true_minimum()
@@ -957,8 +961,8 @@ VERIFICATION_PLANS = {
 
 
 @study("relumip", "verification", title="Fashion-MNIST verification: largest misclassification margin in L-inf balls")
+@_one_thread
 def verification_study(ctx: StudyContext) -> StudyResult:
-    _threads_one()
     plan = VERIFICATION_PLANS[ctx.scale]
     try:
         ds = verification.dataset("fashion-mnist", n_train=plan.n_train)
@@ -1133,8 +1137,8 @@ REFORMER_PLANS = {
 
 
 @study("relumip", "reformer", title="Autothermal reformer (OMLT's example): maximise H2 under the N2 limit")
+@_one_thread
 def reformer_study(ctx: StudyContext) -> StudyResult:
-    _threads_one()
     plan = REFORMER_PLANS[ctx.scale]
     ds = reformer.dataset(seed=0)
     inst = reformer.instance(ds)
@@ -1245,8 +1249,8 @@ OMLT_PLANS = {
 
 
 @study("relumip", "omlt", title="Head-to-head with OMLT (Pyomo big-M formulation, HiGHS through APPSI)")
+@_one_thread
 def omlt_study(ctx: StudyContext) -> StudyResult:
-    _threads_one()
     plan = OMLT_PLANS[ctx.scale]
     problems, sources = head_to_head_problems(plan)
     cache = RecordCache(ctx, plan)

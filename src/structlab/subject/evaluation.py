@@ -174,12 +174,8 @@ def parallel_map(fn, jobs: list[tuple], workers: int = 1, desc: str = "", progre
 
     bar = {"total": len(jobs), "desc": desc, "disable": not progress or None}
     if workers <= 1 or len(jobs) <= 1:
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
+        with runtime.torch_threads(1):
             return [fn(*job) for job in runtime.progress(jobs, **bar)]
-        finally:
-            torch.set_num_threads(threads)
     # spawn: a forked child of a process that has started OpenMP threads can deadlock.
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=context, initializer=torch.set_num_threads,

@@ -33,7 +33,7 @@ from structlab.results import Claim, StudyResult, Table, format_spread, spread
 from structlab.tucker.figures import Point, pareto_figure, spectra_figure
 from structlab.tucker.pareto import params_at_loss
 from structlab.tucker.runs import Schedule, language_model_run, shakespeare_corpus, vit_run
-from structlab.tucker.sweep import Job, code_fingerprint, parallelism, run_jobs, torch_threads
+from structlab.tucker.sweep import Job, code_fingerprint, parallelism, run_jobs
 
 # The goals and the paper's headline, as numbers the claims test against.
 GOAL_LM_GAP_NATS = 0.02  # Tucker within +0.02 nats of MHA ...
@@ -539,7 +539,7 @@ MINILM_PLANS = {
 def minilm(ctx: StudyContext) -> StudyResult:
     # One thread on the CPU, as for the sweeps: on shared cores, threads that wait on each other are
     # many times slower than one.
-    with torch_threads(1 if runtime.default_device() == "cpu" else torch.get_num_threads()):
+    with runtime.torch_threads(1 if runtime.default_device() == "cpu" else torch.get_num_threads()):
         return run_minilm(ctx, MINILM_PLANS[ctx.scale])
 
 

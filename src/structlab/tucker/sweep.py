@@ -9,12 +9,11 @@ stored outcome is reused only by the same run of the same code.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import multiprocessing
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -96,7 +95,7 @@ def run_jobs(
 
     failed: list[tuple[str, BaseException]] = []
     if workers <= 1 or len(pending) <= 1:
-        with torch_threads(threads):
+        with runtime.torch_threads(threads):
             for job in pending:
                 try:
                     finished(job, job.fn(**job.kwargs))
@@ -116,17 +115,6 @@ def run_jobs(
         names = ", ".join(k for k, _ in failed)
         raise RuntimeError(f"{len(failed)} of {len(jobs)} runs failed ({names}); {key}: {first}") from first
     return {key: outcomes[key] for key in keys}
-
-
-@contextlib.contextmanager
-def torch_threads(n: int) -> Iterator[None]:
-    """Run the block with ``n`` PyTorch threads, then restore the previous number."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _read(cache: Path | None, job: Job, salt: str) -> dict[str, Any] | None:
