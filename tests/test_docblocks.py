@@ -67,7 +67,7 @@ def test_table_block_renders_the_selected_rows_and_columns_as_markdown(tmp_path)
     assert got == "\n| loss | attention |\n|---|---|\n| 1.963 | mha |\n"
     assert _render(tmp_path, '<!-- evidence:tucker/demo table="spectra" -->') == (
         "\n| layer | ranks |\n|---|---|\n| 0 | 4 \\| 6 |\n")  # a | inside a cell is escaped
-    one_cell = "table='against' rows='attention=tucker:4,32,12' columns='params' cell"
+    one_cell = "table='against' rows='attention=tucker:4*' columns='params' cell"
     assert _render(tmp_path, f"<!-- evidence:tucker/demo {one_cell} -->") == "57472"
 
 
@@ -161,6 +161,15 @@ def test_find_blocks_reports_line_numbers_and_keeps_the_text_between_blocks(tmp_
     assert new.startswith("# Title\n\nLoss <!-- evidence:tucker/demo metric=\"count\" -->39<!-- /evidence --> nats.")
     assert new.endswith("| **disagrees** |\n<!-- /evidence -->\nend\n")
     assert docblocks.regenerate(new, tmp_path / "page.md", tmp_path / "evidence")[1] == []  # a fixed point
+
+
+def test_markers_shown_as_code_are_not_blocks():
+    text = ("Write `<!-- evidence:PART/STUDY table=\"...\" -->` to quote a table.\n\n"
+            "```markdown\n<!-- evidence:tucker/demo claims -->\n...\n<!-- /evidence -->\n```\n\n"
+            "~~~\n<!-- /evidence -->\n~~~\n"
+            "<!-- evidence:tucker/demo provenance -->\nreal `code` here\n<!-- /evidence -->\n")
+    [block] = docblocks.find_blocks(text, "page.md")
+    assert (block.kind, block.line, block.body) == ("provenance", 12, "\nreal `code` here\n")
 
 
 def test_update_docs_rewrites_all_or_nothing_and_check_writes_nothing(tmp_path, capsys):

@@ -13,7 +13,8 @@ What a block shows (exactly one of):
 ``table="TITLE"``
     a table of the results file: its exact title, or a part of it that matches one title
     (case-insensitive). ``columns="a,b"`` keeps and orders columns by name; ``rows="COL=v1|v2; COL2=v"``
-    keeps rows whose cells read one of the values (without ``COL=`` the first column);
+    keeps rows whose cells read one of the values (without ``COL=`` the first column; ``v*`` matches
+    cells starting with ``v``);
     ``note=no`` leaves out the table's note. With ``cell`` the selection must be one cell, written inline.
 ``claims``
     the claims table (claim | measured | verdict; ``why`` adds that column); ``claim="part of a claim|..."``
@@ -88,22 +89,37 @@ class Block:
         )
 
 
+_FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,}).*?^ {0,3}\1[`~]*[ \t]*$", re.M | re.S)
+_CODE_SPAN = re.compile(r"(`+)(?!`)(?:(?!\n[ \t]*\n).)+?(?<!`)\1(?!`)", re.S)  # not across paragraphs
+
+
+def _mask_code(text: str) -> str:
+    """``text`` with fenced code blocks and inline code spans blanked (same length): a marker shown as
+    an example in code is documentation, not a block."""
+    def blank(m: re.Match) -> str:
+        return re.sub(r"[^\n]", " ", m.group(0))
+
+    return _CODE_SPAN.sub(blank, _FENCE.sub(blank, text))
+
+
 def find_blocks(text: str, path: str | os.PathLike[str] = "<text>") -> list[Block]:
-    """Every marked block of ``text``; raises ``ValueError`` naming the file and line of a malformed one."""
+    """Every marked block of ``text`` (outside code); raises ``ValueError`` naming the file and line of a
+    malformed one."""
     path = Path(path)
+    masked = _mask_code(text)
     blocks, pos = [], 0
-    while (match := OPEN.search(text, pos)) is not None:
+    while (match := OPEN.search(masked, pos)) is not None:
         line = text.count("\n", 0, match.start()) + 1
         marker = match.group(0)
-        close = text.find(CLOSE, match.end())
-        nested = OPEN.search(text, match.end())
+        close = masked.find(CLOSE, match.end())
+        nested = OPEN.search(masked, match.end())
         if close < 0 or (nested is not None and nested.start() < close):
             raise ValueError(f"{path}:{line}: {marker} has no closing {CLOSE} before the next block")
         part, study, kind, options = _parse_marker(match.group("target"), match.group("options"), f"{path}:{line}")
         blocks.append(Block(path, line, marker, part, study, kind, options, match.end(), close,
                             text[match.end():close]))
         pos = close + len(CLOSE)
-    stray = text.find(CLOSE, pos)
+    stray = masked.find(CLOSE, pos)
     if stray >= 0:
         raise ValueError(f"{path}:{text.count(chr(10), 0, stray) + 1}: {CLOSE} without an opening block")
     return blocks
@@ -206,10 +222,15 @@ def _row_filter(spec: str, columns: list[str]) -> list[tuple[int, set[str]]]:
     return conditions
 
 
+def _cell_matches(text: str, allowed: set[str]) -> bool:
+    """The cell reads one of ``allowed``; a value ending in ``*`` matches every cell that starts with the rest."""
+    return any(text == v or (v.endswith("*") and text.startswith(v[:-1])) for v in allowed)
+
+
 def _select(columns: list[str], rows: list[list[Any]], options: dict[str, str]) -> tuple[list[str], list[list[Any]]]:
     if options.get("rows"):
         conditions = _row_filter(options["rows"], columns)
-        rows = [r for r in rows if all(cell_text(r[i]) in allowed for i, allowed in conditions)]
+        rows = [r for r in rows if all(_cell_matches(cell_text(r[i]), allowed) for i, allowed in conditions)]
         if not rows:
             raise ValueError(f"rows={options['rows']!r} keeps no row")
     if options.get("columns"):
