@@ -146,7 +146,7 @@ def test_report_opens_with_evidence_and_shows_a_quick_run_as_a_smoke_check(tmp_p
     assert "<code>structlab reproduce --scale full --only tucker --study demo</code> at commit <code>abc1234" in html
     [(ev_m_attr, ev_m), (ev_v_attr, ev_v), (run_m_attr, run_m), (run_v_attr, run_v)] = _cells_of_claim(
         html, "Tucker matches MHA")
-    assert (ev_m, ev_v, ev_v_attr) == ("+0.01 nats (full)", "agrees", " class='v-agrees'")
+    assert (ev_m, ev_v, ev_v_attr) == ("+0.01 nats (full)", "agrees", " class='verdict v-agrees'")
     assert run_m == "+0.3 nats (quick)" and run_v == "smoke check: runs; not evidence"
     assert "class='smoke'" in run_v_attr and "v-" not in run_v_attr  # never coloured like a verdict
     assert "your run (quick scale)" in html
@@ -168,7 +168,7 @@ def test_a_full_scale_run_of_the_user_gets_coloured_verdicts(tmp_path):
     html = write_report(results, tmp_path / "no-evidence")[0].read_text()
     cells = _cells_of_claim(html, "Tucker matches MHA")
     assert cells[0][1] == "no stored evidence for this claim"
-    assert cells[-1] == (" class='v-partly'", "partly agrees")
+    assert cells[-1] == (" class='verdict v-partly'", "partly agrees")
     assert "No stored evidence yet. To make it: <code>structlab reproduce --scale full --only tucker" in html
 
 

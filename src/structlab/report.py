@@ -50,7 +50,8 @@ white-space:nowrap}
 .v-inconclusive,.v-not{background:#e6e6e6}
 td.smoke{background:repeating-linear-gradient(45deg,#fafafa,#fafafa 6px,#f0f0f0 6px,#f0f0f0 12px);color:#666;
 font-style:italic}
-td.none{color:#999}
+td.none{color:#999}td.verdict{white-space:nowrap}td.smoke{white-space:normal;min-width:7.5em}
+td.study{white-space:nowrap}
 .prov{font-size:.85em;color:#444;background:#f7f7fb;border-left:3px solid #88a;padding:.4em .7em}
 .prov code{font-size:.95em}.lead{font-size:1.02em}
 figure{margin:1em 0}figure img{max-width:100%;height:auto;border:1px solid #ddd}
@@ -252,7 +253,7 @@ def _verdict_cell(claim: Claim | None, res: StudyResult | None) -> str:
     if not _is_evidence_scale(res):
         return (f"<td class='smoke' title='verdict at {e(res.scale)} scale: {e(claim.verdict)}'>"
                 f"smoke check: {SMOKE}</td>")
-    return f"<td class='{_verdict_class(claim.verdict)}'>{e(claim.verdict)}</td>"
+    return f"<td class='verdict {_verdict_class(claim.verdict)}'>{e(claim.verdict)}</td>"
 
 
 def _html_claims(entry: Entry) -> str:
@@ -376,7 +377,8 @@ def _html_overview(entries: list[Entry]) -> str:
             mine = "<span class='none'>not run</span>"
         if entry.failure:
             mine += "<span class='badge failed'>last run failed</span>"
-        rows.append(f"<tr><td><a href='#{e(entry.part)}-{e(entry.study)}'>{e(entry.part)}/{e(entry.study)}</a></td>"
+        rows.append(f"<tr><td class='study'><a href='#{e(entry.part)}-{e(entry.study)}'>{e(entry.part)}/"
+                    f"{e(entry.study)}</a></td>"
                     f"<td>{e(entry.title)}</td><td>{stored}</td><td>{mine}</td></tr>")
     return ("<h2>Studies</h2><table><tr><th>study</th><th>title</th><th>stored evidence</th><th>your run</th></tr>"
             + "".join(rows) + "</table>")
