@@ -292,3 +292,33 @@ def test_cli_save_and_list(tmp_path, code_matches, capsys):
     out = capsys.readouterr().out
     assert "tucker/demo" in out and "abc1234" in out and "full" in out
     assert "registered studies without evidence:" in out and "tucker/charlm" in out
+
+
+def _part_is_committed(part: str) -> bool:
+    out = subprocess.run(["git", "status", "--porcelain", "--", f"src/structlab/{part}"], capture_output=True,
+                         text=True, cwd=evidence.default_evidence_dir().parent, check=False)
+    return out.returncode == 0 and not out.stdout.strip()
+
+
+@pytest.mark.skipif(not _part_is_committed("tucker"), reason="src/structlab/tucker has uncommitted changes")
+def test_reproduce_then_save_end_to_end_checks_the_code_against_git(tmp_path, monkeypatch):
+    """No stand-ins: a full-scale `reproduce` run records its commit and command, and `save` verifies the
+    results' fingerprint against the part's code at that commit through git."""
+    registry: dict = {}
+    monkeypatch.setattr(reproduce, "_STUDIES", registry)
+    monkeypatch.setattr(reproduce, "load_studies", lambda: dict(registry))
+    monkeypatch.setattr("sys.argv", ["structlab", "reproduce", "--scale", "full", "--only", "tucker"])
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "STRUCTLAB_DATA", "CUDA_VISIBLE_DEVICES"):
+        monkeypatch.delenv(name, raising=False)
+
+    @reproduce.study("tucker", "e2e", title="end to end")
+    def e2e(ctx):
+        return StudyResult(part="tucker", study="e2e", title="end to end", scale=ctx.scale,
+                           claims=[Claim("it runs", "yes", "agrees")])
+
+    results = tmp_path / "results"
+    reproduce.run("full", results_dir=results, log=lambda m: None)
+    [saved] = evidence.save(["tucker/e2e"], results, tmp_path / "evidence", log=lambda m: None)
+    prov = evidence.read_evidence(saved).provenance
+    assert prov["command"] == "structlab reproduce --scale full --only tucker"
+    assert prov["code_check"].startswith("the results' fingerprint is that of src/structlab/tucker at ")

@@ -390,14 +390,15 @@ def update_docs(
     check: bool = False,
     files: Sequence[str | os.PathLike[str]] | None = None,
 ) -> list[Difference]:
-    """Re-render the blocks of README.md and docs/*.md (or ``files``); returns the blocks that differed.
+    """Re-render the blocks of README.md and docs/*.md of the checkout at ``root`` (default: this
+    package's checkout), or of ``files``; returns the blocks that differed.
 
     With ``check`` nothing is written. Every file is rendered before any is written, so a bad block
     (a table title that is not in the evidence, an unknown option) raises ``ValueError`` naming its file
     and line and leaves every file as it was.
     """
     evidence_dir = Path(evidence_dir) if evidence_dir is not None else default_evidence_dir()
-    root = Path(root) if root is not None else evidence_dir.parent
+    root = Path(root) if root is not None else default_evidence_dir().parent  # the checkout
     paths = [Path(f) for f in files] if files is not None else doc_files(root)
     rendered, differences = [], []
     for path in paths:
