@@ -189,3 +189,17 @@ def test_report_survives_broken_evidence_missing_figures_and_failed_runs(tmp_pat
 def test_empty_report_says_how_to_make_results(tmp_path):
     html_path, _ = write_report(tmp_path, tmp_path / "no-evidence")
     assert "structlab reproduce --scale quick" in html_path.read_text()
+
+
+def test_figures_shrink_until_the_page_fits_its_size_limit(tmp_path, monkeypatch):
+    from structlab import report
+
+    results = tmp_path / "results"
+    res = _result(results)
+    Image.new("RGB", (2400, 800), "white").save(results / "tucker" / "demo_curve.png")
+    finish(res, results)
+    html = write_report(results, tmp_path / "no-evidence")[0].read_text()
+    assert [im.width for im in _embedded_images(html)] == [report.REPORT_FIGURE_WIDTH]
+    monkeypatch.setattr(report, "REPORT_MAX_BYTES", 1)  # nothing fits: the smallest figures are used
+    html = write_report(results, tmp_path / "no-evidence")[0].read_text()
+    assert [im.width for im in _embedded_images(html)] == [480]

@@ -443,7 +443,13 @@ def listing(evidence_dir: str | os.PathLike[str] | None = None) -> tuple[list[li
     registered studies that have none."""
     rows = []
     stored = set()
-    for ev in load_evidence(evidence_dir):
+    root = Path(evidence_dir) if evidence_dir is not None else default_evidence_dir()
+    for path in sorted(root.glob("*/*.json")):
+        try:
+            ev = read_evidence(path)
+        except ValueError as err:
+            rows.append([f"{path.parent.name}/{path.stem}", "UNREADABLE", str(err)[:60], "", "", "", ""])
+            continue
         res, prov = ev.result, ev.provenance
         stored.add((res.part, res.study))
         commit = str(prov.get("commit")) + (" (dirty)" if prov.get("dirty") else "")

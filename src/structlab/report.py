@@ -17,6 +17,7 @@ import html
 import json
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ PART_TITLES = {
 SMOKE = "runs; not evidence"
 # Figures in the HTML are at most this wide: the page is 1100 px, and 25 figures must fit in 3 MB.
 REPORT_FIGURE_WIDTH = 1000
+REPORT_MAX_BYTES = 3_000_000
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;
@@ -133,7 +135,11 @@ def write_report(
     results_dir.mkdir(parents=True, exist_ok=True)
     entries, problems = _entries(results_dir, Path(evidence_dir) if evidence_dir is not None else None)
     html_path, md_path = results_dir / "report.html", results_dir / "report.md"
-    atomic_write_text(html_path, render_html(entries, problems))
+    for width in (REPORT_FIGURE_WIDTH, 700, 480):  # smaller figures until the page fits in REPORT_MAX_BYTES
+        page = render_html(entries, problems, figure_width=width)
+        if len(page.encode()) <= REPORT_MAX_BYTES:
+            break
+    atomic_write_text(html_path, page)
     atomic_write_text(md_path, render_markdown(entries, problems, results_dir))
     return html_path, md_path
 
@@ -196,23 +202,23 @@ def _is_evidence_scale(res: StudyResult) -> bool:
 # ---------------------------------------------------------------- HTML
 
 
-def _embed(path: Path) -> str:
+def _embed(path: Path, width: int) -> str:
     from structlab.evidence import compact_png
 
     try:
-        data = compact_png(path, REPORT_FIGURE_WIDTH)
+        data = compact_png(path, width)
     except Exception:  # noqa: BLE001 - not an image Pillow reads: embed it as it is
         data = path.read_bytes()
     return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
 
 
-def _html_figures(folder: Path, names: list[str], caption: str) -> str:
+def _html_figures(folder: Path, names: list[str], caption: str, width: int) -> str:
     e = html.escape
     out = []
     for name in names:
         fig = folder / name
         if fig.is_file():
-            out.append(f"<figure><img src='{_embed(fig)}' alt='{e(name)}'><figcaption>{e(name)} "
+            out.append(f"<figure><img src='{_embed(fig, width)}' alt='{e(name)}'><figcaption>{e(name)} "
                        f"({e(caption)})</figcaption></figure>")
         else:
             out.append(f"<p class='failed'>figure {e(name)} is missing from {e(str(folder))}</p>")
@@ -306,7 +312,7 @@ def _provenance_html(entry: Entry) -> str:
     )
 
 
-def _html_run(entry: Entry) -> str:
+def _html_run(entry: Entry, width: int) -> str:
     e = html.escape
     res, path = entry.run, entry.run_path
     assert res is not None and path is not None
@@ -315,7 +321,7 @@ def _html_run(entry: Entry) -> str:
     if res.summary:
         parts.append("".join(f"<p>{e(p)}</p>" for p in res.summary.strip().split("\n\n")))
     parts.extend(_html_table(t) for t in res.tables)
-    parts.append(_html_figures(path.parent, res.figures, f"your run, {res.scale} scale"))
+    parts.append(_html_figures(path.parent, res.figures, f"your run, {res.scale} scale", width))
     if res.data:
         items = []
         for d in res.data:
@@ -336,7 +342,7 @@ def _html_run(entry: Entry) -> str:
     return "\n".join(parts)
 
 
-def _html_entry(entry: Entry) -> str:
+def _html_entry(entry: Entry, width: int) -> str:
     e = html.escape
     out = [f"<h3 id='{e(entry.part)}-{e(entry.study)}'>{e(entry.title)} <small>({e(entry.part)}/{e(entry.study)})"
            "</small></h3>", _provenance_html(entry)]
@@ -348,7 +354,7 @@ def _html_entry(entry: Entry) -> str:
         stored = entry.evidence.result
         if stored.summary:
             out.append("".join(f"<p>{e(p)}</p>" for p in stored.summary.strip().split("\n\n")))
-        out.append(_html_figures(entry.evidence.path.parent, stored.figures, "stored evidence, full scale"))
+        out.append(_html_figures(entry.evidence.path.parent, stored.figures, "stored evidence, full scale", width))
         if stored.tables:
             out.append(f"<details><summary>stored evidence: {len(stored.tables)} table(s)</summary>"
                        + "".join(_html_table(t) for t in stored.tables) + "</details>")
@@ -356,7 +362,7 @@ def _html_entry(entry: Entry) -> str:
         label = "your run" if entry.evidence is None else "your run: tables, figures, data, configuration"
         opened = " open" if entry.evidence is None else ""
         out.append(f"<details{opened}><summary>{e(label)} ({e(entry.run.scale)} scale)</summary>"
-                   + _html_run(entry) + "</details>")
+                   + _html_run(entry, width) + "</details>")
     return "\n".join(out)
 
 
@@ -396,7 +402,7 @@ _INTRO = (
 )
 
 
-def render_html(entries: list[Entry], problems: list[str] = ()) -> str:
+def render_html(entries: list[Entry], problems: Sequence[str] = (), figure_width: int = REPORT_FIGURE_WIDTH) -> str:
     e = html.escape
     out = [
         "<!doctype html><html><head><meta charset='utf-8'><title>structlab report</title>",
@@ -414,7 +420,7 @@ def render_html(entries: list[Entry], problems: list[str] = ()) -> str:
         if entry.part != current_part:
             current_part = entry.part
             out.append(f"<h2 id='{e(entry.part)}'>{e(PART_TITLES.get(entry.part, entry.part))}</h2>")
-        out.append(_html_entry(entry))
+        out.append(_html_entry(entry, figure_width))
     out.append("</body></html>")
     return "\n".join(out)
 
