@@ -26,8 +26,8 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from structlab.audiopairs.corpus import Corpus, now_iso, tags_json
 from structlab.audiopairs.containers import sniff
+from structlab.audiopairs.corpus import Corpus, now_iso, tags_json
 from structlab.audiopairs.freesound import (
     MAX_PAGE_SIZE,
     PREVIEW_KEYS,
