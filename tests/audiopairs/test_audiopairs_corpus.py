@@ -91,20 +91,27 @@ def test_decoded_durations_match_the_manifest(corpus, manifest):
     assert max(abs(got[p] - expected[p]) for p in expected) < 0.002
 
 
-def test_dedup_finds_exactly_the_known_duplicates(imported, manifest):
+def test_dedup_finds_exactly_the_known_duplicates_and_keeps_differently_labelled_ones_as_related(imported,
+                                                                                                  manifest):
     corpus, report = imported
     # Same bytes, independently: equal SHA-256 in the manifest.
     by_hash = defaultdict(list)
     for r in manifest:
         by_hash[r["sha256"]].append(r["path"])
     assert {tuple(sorted(g)) for g in by_hash.values() if len(g) > 1} == SAME_BYTES
+    label = {r["path"]: r["label"] for r in manifest}
     name = path_of(corpus)
-    found_bytes = {tuple(sorted((name[g.keep], name[c]))) for g in report.by_level("bytes") for c in g.copies}
-    found_audio = {tuple(sorted((name[g.keep], name[c]))) for g in report.by_level("audio") for c in g.copies}
-    assert found_bytes == SAME_BYTES
-    assert found_audio == SAME_AUDIO  # and no distinct clips merged (e.g. goat and ram, bus with/without horn)
+    found = {tuple(sorted((name[g.keep], name[c]))) for g in report.groups if g.level != "freesound-id"
+             for c in g.copies}
+    related = {tuple(sorted((name[r.a], name[r.b]))) for r in report.related}
+    # Loudness (and every other label) is kept: only files with equal labels are duplicates.
+    same_label = {p for p in SAME_BYTES | SAME_AUDIO if label[p[0]] == label[p[1]]}
+    assert found == same_label == {("clips/lugaru-data/RabbitChitter.ogg", "clips/lugaru-data/RabbitChitter2.ogg")}
+    assert related == (SAME_BYTES | SAME_AUDIO) - same_label  # no distinct clips (goat and ram, bus +- horn)
+    stored = {tuple(sorted((name[r["a"]], name[r["b"]]))) for r in corpus.query("SELECT a, b FROM related")}
+    assert stored == related
     marked = {name[r["id"]] for r in corpus.sounds("duplicate_of IS NOT NULL")}
-    assert marked == {b for _, b in SAME_BYTES | SAME_AUDIO}
+    assert marked == {b for _, b in same_label}
 
 
 def test_fingerprint_round_trips_through_bytes(root):
@@ -165,7 +172,8 @@ def test_distinct_clips_with_close_fingerprints_are_not_the_same_audio(root, a, 
 
 def expected_funnel(manifest, config: CleaningConfig) -> list[tuple[str, int, int, int]]:
     """The funnel counted from the manifest alone (each labelled file carries one pair)."""
-    copies = {b for _, b in SAME_BYTES | SAME_AUDIO}
+    label = {r["path"]: r["label"] for r in manifest}
+    copies = {b for a, b in SAME_BYTES | SAME_AUDIO if label[a] == label[b]}  # others are related, kept
     live = [r for r in manifest if r["pair_kind"] != "none"]
     out = []
 

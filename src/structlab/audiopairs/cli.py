@@ -290,7 +290,8 @@ def _run_import(args: argparse.Namespace) -> int:
     with _open(args) as corpus:
         report = import_folder(corpus, root, args.manifest, verify=not args.no_verify, progress=_show_progress(args))
         corpus.analyse(workers=args.workers, progress=_show_progress(args))
-        print(f"imported {report.files} files from {root}; {report.pairs} pairs, {report.linked} labelled files")
+        print(f"imported {report.files} files from {root}; {report.pairs} pairs, {report.linked} labelled files"
+              + (f"; {report.already} already in the corpus (same SHA-256), not added again" if report.already else ""))
         for path, annotated, parsed in report.relabelled:
             print(f"  note: {path}: annotated {annotated!r}, parse_pair reads {parsed!r} (kept as annotated)")
         print(json.dumps(corpus.counts()))
@@ -338,7 +339,9 @@ def _run_clean(args: argparse.Namespace) -> int:
 
 def _dedup(sub) -> None:
     p = add_command(
-        sub, "dedup", "find duplicates: same freesound id, same bytes, same decoded audio (fingerprint)",
+        sub, "dedup",
+        "find duplicates (same freesound id, bytes or decoded audio) and related sounds (the same audio up to a "
+        "gain under different labels, e.g. soft/hard: both kept)",
         examples="structlab audiopairs dedup corpus.db\nstructlab audiopairs dedup corpus.db --workers 2",
     )
     _corpus_arg(p)
@@ -363,6 +366,10 @@ def _run_dedup(args: argparse.Namespace) -> int:
                 for copy in g.copies:
                     print(f"  {name[copy]} ({labels.get(copy, '-')}) = {name[g.keep]} ({labels.get(g.keep, '-')})"
                           f"  [{g.detail.get(copy, '')}]")
+        print(f"related (same audio, different labels: both kept, one split group): {len(report.related)}")
+        for r in report.related:
+            print(f"  {name[r.a]} ({labels.get(r.a, '-')}) ~ {name[r.b]} ({labels.get(r.b, '-')})"
+                  f"  [{r.level}; gain {r.gain_db:+.1f} dB]")
         print(f"fingerprint candidates checked on decoded audio: {report.candidates}, confirmed: {report.verified}")
     return 0
 
