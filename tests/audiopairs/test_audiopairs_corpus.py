@@ -289,3 +289,28 @@ def test_command_line_runs_the_corpus_steps(corpus, tmp_path, capsys):
     assert main(["audiopairs", "validate", db]) == 0
     assert main(["audiopairs", "validate", str(tmp_path / "missing.db")]) == 2  # a one-line error
     assert "no such corpus database" in capsys.readouterr().err
+
+
+def test_undecodable_file_gives_one_line_naming_it(tmp_path):
+    from structlab.audiopairs.audio import DecodeError
+
+    bad = tmp_path / "broken.ogg"
+    bad.write_bytes(b"OggS" + b"\0" * 200)
+    with pytest.raises(DecodeError) as err:
+        load_audio(bad)
+    assert str(bad) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_export_fills_freesound_id_and_url_of_imported_clips(corpus, manifest, tmp_path):
+    clean(corpus, CleaningConfig())
+    export(corpus, tmp_path / "out")
+    with open(tmp_path / "out" / "manifest.csv", newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    ids = {r["path"]: r["freesound_id"] for r in manifest}
+    by_path = {str(Path(r["path"]).relative_to(corpus.query("SELECT root FROM imports")[0]["root"])): r for r in rows}
+    with_ids = [p for p in by_path if ids[p]]
+    assert with_ids  # the shared data credits freesound recordings for many clips
+    for p in with_ids:
+        expected = ";".join(sorted(ids[p].split(";"), key=int))
+        assert by_path[p]["freesound_id"] == expected
+        assert by_path[p]["url"] == f"https://freesound.org/s/{expected.split(';')[0]}/"
