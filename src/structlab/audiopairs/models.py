@@ -47,16 +47,19 @@ def train(
     X: np.ndarray,
     labels: Sequence[str],
     task: str = "pairs",
-    recogniser: Recogniser = Recogniser("logreg", "mfcc"),
-    config: feats.FeatureConfig = feats.FeatureConfig(),
+    recogniser: Recogniser | None = None,
+    config: feats.FeatureConfig | None = None,
     seed: int = 0,
 ) -> dict:
     """Fit a model on clip vectors ``X`` (n_clips, n_features) labelled with pair names (``""``: no pair,
     used as negatives by detectors). Returns the model dict that :func:`save_model` writes.
 
-    Raises ``ValueError`` for an unknown ``task``, a bag-of-words or embedding recogniser, or fewer than
-    two pairs with files.
+    ``recogniser`` defaults to logistic regression on MFCC statistics, ``config`` to the default
+    :class:`~structlab.audiopairs.features.FeatureConfig`. Raises ``ValueError`` for an unknown ``task``,
+    a bag-of-words or embedding recogniser, or fewer than two pairs with files.
     """
+    recogniser = recogniser or Recogniser("logreg", "mfcc")
+    config = config or feats.FeatureConfig()
     if task not in TASKS:
         raise ValueError(f"task={task!r}: expected one of {TASKS}")
     if recogniser.features not in feats.FEATURE_SETS:
