@@ -34,7 +34,8 @@ from structlab.subject.trials import Trials
 TEMPORAL_ONLY = {
     "eegnet": ["features.2", "classifier"],
     "shallow": ["features.1", "classifier"],
-    "eegnex": ["features.4", "classifier"],
+    "eegnex": ["block_3.0", "final_layer"],
+    "pbt": ["final_layer"],
 }
 MAIN_LAYERS = "temporal convs (main)"
 # Other layer sets of EEGNet (structlab.subject.backbones.EEGNet) for the "which layers" study (include=...).
