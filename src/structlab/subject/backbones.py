@@ -159,26 +159,25 @@ class AddChannelDim(nn.Module):
 class AvgPoolSame(nn.Module):
     """Average pooling over time of size and stride ``k`` with Keras/TensorFlow ``padding='same'``.
 
-    The output has ``ceil(n_times / k)`` steps; where the length is not a multiple of ``k`` the missing
-    samples are split as TensorFlow splits them (the extra one at the end) and left out of the average.
+    For inputs of ``n_times`` samples (fixed by the model) the output has ``ceil(n_times / k)`` steps; where
+    the length is not a multiple of ``k`` the missing samples are split as TensorFlow splits them (the
+    extra one at the end) and left out of the average.
     """
 
-    def __init__(self, k: int) -> None:
+    def __init__(self, k: int, n_times: int) -> None:
         super().__init__()
         self.k = k
+        total = -(-n_times // k) * k - n_times
+        self.padding = (total // 2, total - total // 2)
+        # 1 / (samples inside the input) of each window: only the border windows differ from 1/k
+        count = F.avg_pool2d(F.pad(torch.ones(1, 1, 1, n_times), self.padding), (1, k))
+        self.register_buffer("correction", 1.0 / count, persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        t = x.shape[-1]
-        total = -(-t // self.k) * self.k - t
-        if not total:
-            return F.avg_pool2d(x, (1, self.k))
-        left = total // 2
-        y = F.avg_pool2d(F.pad(x, (left, total - left)), (1, self.k))
-        count = F.avg_pool2d(F.pad(x.new_ones(1, 1, 1, t), (left, total - left)), (1, self.k))
-        return y / count
+        return F.avg_pool2d(F.pad(x, self.padding), (1, self.k)) * self.correction
 
     def extra_repr(self) -> str:
-        return f"k={self.k}"
+        return f"k={self.k}, padding={self.padding}"
 
 
 class EEGNeX(nn.Module):
@@ -230,8 +229,13 @@ class EEGNeX(nn.Module):
         filter_3 = filter_2 * depth_multiplier
         bn = dict(momentum=0.01, eps=1e-3)  # Keras' BatchNormalization defaults
 
-        def pooling(k: int) -> nn.Module:
-            return AvgPoolSame(k) if pool == "same" else nn.AvgPool2d((1, k), padding=(0, 1))
+        def pooling(k: int, length: int) -> nn.Module:
+            return AvgPoolSame(k, length) if pool == "same" else nn.AvgPool2d((1, k), padding=(0, 1))
+
+        if pool == "same":
+            after_pool_4 = -(-n_times // avg_pool_block4)
+        else:
+            after_pool_4 = (n_times + 2 - avg_pool_block4) // avg_pool_block4 + 1
 
         self.block_1 = nn.Sequential(
             AddChannelDim(),
@@ -247,7 +251,7 @@ class EEGNeX(nn.Module):
             max_norm(nn.Conv2d(filter_2, filter_3, (n_chans, 1), groups=filter_2, bias=False), 1.0),
             nn.BatchNorm2d(filter_3, **bn),
             nn.ELU(),
-            pooling(avg_pool_block4),
+            pooling(avg_pool_block4, n_times),
             nn.Dropout(drop_prob),
         )
         self.block_4 = nn.Sequential(
@@ -260,7 +264,7 @@ class EEGNeX(nn.Module):
                       bias=False),
             nn.BatchNorm2d(filter_1, **bn),
             nn.ELU(),
-            pooling(avg_pool_block5),
+            pooling(avg_pool_block5, after_pool_4),
             nn.Dropout(drop_prob),
             nn.Flatten(),
         )

@@ -155,11 +155,12 @@ class SubjectConditioned(nn.Module):
             if id(module) in inside_attention or not isinstance(module, WRAPPABLE + _UNSUPPORTED):
                 continue
             label = name or "<model>"
-            reason = self._skip_reason(name, module)
+            uninitialised = isinstance(module, LazyModuleMixin) and module.has_uninitialized_params()
+            reason = self._skip_reason(name, module, lazy=uninitialised)
             if reason:
                 self.skipped_layers[label] = reason
                 continue
-            if isinstance(module, LazyModuleMixin) and module.has_uninitialized_params():
+            if uninitialised:
                 lazy.append(label)
                 continue
             limit = rank_limit(module)
@@ -214,7 +215,7 @@ class SubjectConditioned(nn.Module):
             )
         return root
 
-    def _skip_reason(self, name: str, module: nn.Module) -> str:
+    def _skip_reason(self, name: str, module: nn.Module, lazy: bool = False) -> str:
         if isinstance(module, _UNSUPPORTED):
             return f"{type(module).__name__} is not supported (Linear, Conv1d and Conv2d are)"
         plain = plain_class(module)
@@ -223,8 +224,9 @@ class SubjectConditioned(nn.Module):
                 f"{plain.__name__} overrides forward(); the adapter computes with the weight directly and "
                 "could not reproduce it (use a torch.nn.utils.parametrize constraint instead)"
             )
+        # (an uninitialised lazy layer's own initialisation hook is not the user's: it is reported as lazy)
         hooks = [kind for kind, registry in (("forward pre-hooks", module._forward_pre_hooks),
-                                             ("forward hooks", module._forward_hooks)) if registry]
+                                             ("forward hooks", module._forward_hooks)) if registry and not lazy]
         if hooks:
             found = [type(h).__name__ for registry in (module._forward_pre_hooks, module._forward_hooks)
                      for h in registry.values()]
@@ -329,13 +331,13 @@ class SubjectConditioned(nn.Module):
                 subjects = torch.as_tensor(values)
         if subjects.dtype.is_floating_point or subjects.dtype.is_complex or subjects.dtype == torch.bool:
             raise TypeError(f"subjects: dtype {subjects.dtype}; expected integer subject ids")
-        if subjects.dim() != 1 or subjects.shape[0] != batch:
+        if not torch.jit.is_tracing() and (subjects.dim() != 1 or subjects.shape[0] != batch):
             raise ValueError(
                 f"subjects: shape {tuple(subjects.shape)}; expected one id per sample, ({batch},)"
             )
         # The range check reads the ids on the host, which tracing and compiling must not do; there an id
         # out of range fails in the adapters' gather instead.
-        if batch and not staged() and (
+        if not staged() and batch and (
             int(subjects.min()) < UNKNOWN_SUBJECT or int(subjects.max()) >= self.n_subjects
         ):
             bad = subjects[(subjects < UNKNOWN_SUBJECT) | (subjects >= self.n_subjects)][0]

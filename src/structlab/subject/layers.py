@@ -192,7 +192,8 @@ class SubjectLayer(nn.Module):
                 f"subject-conditioned layer {self.name!r} was called without subject ids: call the "
                 "SubjectConditioned wrapper, model(x, subjects), not the inner model"
             )
-        if x.dim() < 2 or x.shape[0] != subjects.shape[0]:
+        tracing = torch.jit.is_tracing()  # sizes are traced values: no Python decision may depend on them
+        if not tracing and (x.dim() < 2 or x.shape[0] != subjects.shape[0]):
             raise RuntimeError(
                 f"layer {self.name!r} received input of shape {tuple(x.shape)} for {subjects.shape[0]} "
                 "subject ids: subject-conditioned layers need the batch in the first dimension"
@@ -200,7 +201,7 @@ class SubjectLayer(nn.Module):
         # The weight is read once per call: a parametrisation runs once, as in the base layer's own forward
         # (spectral norm's power iteration advances one step per training forward, not one per read).
         weight = _weight(self.base)
-        if x.shape[0] == 0 or self._state.single == UNKNOWN_SUBJECT:
+        if (not tracing and x.shape[0] == 0) or self._state.single == UNKNOWN_SUBJECT:
             return self._with_weight(x, weight)
         if self._state.single is not None:
             # One subject for the whole batch: one merged weight, the base layer's own kernel.
@@ -212,8 +213,8 @@ class SubjectLayer(nn.Module):
         if isinstance(self.base, nn.Linear):
             return self._linear_mixed(x, weight, A, B, scale)
         path = self.path
-        if path == "auto":
-            path = "merged" if math.prod(self.weight_shape) <= x[0].numel() else "factored"
+        if path == "auto":  # both paths compute the same; factored's memory does not grow with the weight
+            path = "factored" if tracing or math.prod(self.weight_shape) > x[0].numel() else "merged"
         if path == "merged":
             return self._conv_merged(x, weight, A, B, scale)
         return self._conv_factored(x, weight, A, B, scale)
@@ -278,12 +279,14 @@ def _weight(layer: nn.Module) -> torch.Tensor:
 
 
 def raw_weight(layer: nn.Module) -> torch.Tensor:
-    """The layer's weight tensor as stored: the unconstrained original of a parametrised weight.
+    """A tensor the layer's weight is stored in: the (first) unconstrained original of a parametrised weight.
 
-    Reading it runs no parametrisation, so it changes nothing (spectral norm's vectors stay as they are).
+    Reading it runs no parametrisation, so it changes nothing (spectral norm's vectors stay as they are);
+    it tells the weight's device and dtype.
     """
     if parametrize.is_parametrized(layer, "weight"):
-        return layer.parametrizations.weight.original
+        originals = layer.parametrizations.weight
+        return originals.original if hasattr(originals, "original") else originals.original0  # weight_norm: g, v
     return layer.weight
 
 

@@ -234,7 +234,9 @@ def verify_layout(cache: str | os.PathLike[str]) -> dict[str, list[str]]:
     for name, entry in sorted(manifest["files"].items()):
         path = target / name
         if not path.is_file() or data.sha256_file(path) != entry["sha256"]:
-            raise StructlabError(f"{path}: missing or changed since it was written (manifest sha256 {entry['sha256'][:12]}...)")
+            raise StructlabError(
+                f"{path}: missing or changed since it was written (manifest sha256 {entry['sha256'][:12]}...)"
+            )
         runs.setdefault(name[len("subject"):len("subject") + 2], []).append(name)
     return {s: sorted(v, key=lambda n: int(n.split("_run")[1].split("_")[0])) for s, v in runs.items()}
 

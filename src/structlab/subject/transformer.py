@@ -53,11 +53,10 @@ class SelfAttention(nn.Module):
         self.drop_prob = drop_prob
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, t, d = x.shape
-        q, k, v = (z.reshape(b, t, self.n_heads, d // self.n_heads).transpose(1, 2)
-                   for z in self.attn(x).split(d, dim=2))
+        b, t = x.shape[0], x.shape[1]
+        q, k, v = (z.reshape(b, t, self.n_heads, -1).transpose(1, 2) for z in self.attn(x).chunk(3, dim=2))
         y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.drop_prob if self.training else 0.0)
-        return self.resid_dropout(self.proj(y.transpose(1, 2).reshape(b, t, d)))
+        return self.resid_dropout(self.proj(y.transpose(1, 2).reshape(b, t, -1)))
 
 
 class FeedForward(nn.Module):
@@ -145,6 +144,8 @@ class PatchedBrainTransformer(nn.Module):
                 "(use fewer or shorter patches)"
             )
         self.n_chans, self.n_times, self.patch_size, self.n_tokens = n_chans, n_times, patch_size, n_tokens
+        start = (n_times - n_tokens * patch_size) // 2
+        self.crop = (start, start + n_tokens * patch_size)  # the centre window, as the authors' test-time crop
         self.linear_projection = nn.Linear(patch_size, d_model, bias=False)
         self.cls_token = nn.Parameter(torch.randn(1, 1, d_model) * 0.002) if learnable_cls else None
         self.pos_embedding = nn.Embedding(n_chans * n_tokens + 1, d_model)
@@ -167,9 +168,7 @@ class PatchedBrainTransformer(nn.Module):
 
     def tokens(self, x: torch.Tensor) -> torch.Tensor:
         """Patches ``(batch, n_chans * n_tokens, patch_size)`` of the centre of trials ``x``, channel by channel."""
-        length = self.n_tokens * self.patch_size
-        start = (x.shape[-1] - length) // 2
-        return x[..., start : start + length].reshape(x.shape[0], self.n_chans * self.n_tokens, self.patch_size)
+        return x[..., self.crop[0] : self.crop[1]].reshape(x.shape[0], self.n_chans * self.n_tokens, self.patch_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.linear_projection(self.tokens(x))
