@@ -133,13 +133,17 @@ def _run_file(subject: str, run: int) -> str:
 
 
 def write_layout(
-    cache: str | os.PathLike[str] | None = None, folder: str | os.PathLike[str] | None = None, progress: bool = False
+    cache: str | os.PathLike[str] | None = None,
+    folder: str | os.PathLike[str] | None = None,
+    progress: bool = False,
+    subjects: list[int] | None = None,
 ) -> Path:
     """Write (or verify) MOABB-layout copies of the shared recordings under ``cache``; returns ``cache``.
 
     ``cache`` defaults to ``<structlab cache>/moabb`` and must not lie inside ``folder`` (the data set).
     Files already there are kept when they match the manifest (SHA-256) and the sources still match
-    structlab's checksums; otherwise they are written again (each atomically).
+    structlab's checksums; otherwise they are written again (each atomically). ``subjects`` limits the
+    layout to those subjects (default: all).
 
     Raises:
         DataNotFoundError: the shared copy is not found.
@@ -156,6 +160,8 @@ def write_layout(
         raise ValueError(f"cache={str(cache)!r}: inside the data set's folder {str(folder)!r}; expected a cache folder")
     expected = data.checksums("ssvep-exo")
     rows = recording_table(folder)
+    if subjects is not None:
+        rows = [r for r in rows if int(r.subject) in subjects]
     sources = {}
     for row in rows:
         if not row.written:

@@ -699,3 +699,7 @@ def _config_for_synthetic(plan: SyntheticPlan) -> EvalConfig:
     # (depthwise) convolution that can undo it, besides the temporal convolutions of the main runs.
     return EvalConfig(train=plan.train, per_subject_steps=plan.per_subject_steps,
                       include=EEGNET_LAYERS["temporal + spatial convs"], exclude=[])
+
+
+# The MOABB study registers itself on import (it needs moabb only when it runs).
+from structlab.subject import moabb_study  # noqa: E402, F401
