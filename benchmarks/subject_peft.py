@@ -24,7 +24,6 @@ import time
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from structlab.results import Claim, StudyResult, Table, finish
 from structlab.subject import SubjectConditioned
