@@ -99,7 +99,8 @@ def test_pbt_matches_the_published_layer_list_and_parameter_count():
     for i in range(blocks):
         prefix = f"transformer_encoder.encoder_block.{i}"
         expected += [(f"{prefix}.mhsa.attn", d, 3 * d, False), (f"{prefix}.mhsa.proj", d, d, False),
-                     (f"{prefix}.feed_forward.proj_in", d, 4 * d, False), (f"{prefix}.feed_forward.proj", 4 * d, d, False)]
+                     (f"{prefix}.feed_forward.proj_in", d, 4 * d, False),
+                     (f"{prefix}.feed_forward.proj", 4 * d, d, False)]
     expected.append(("final_layer", d, n_out, True))
     assert linears == expected
     per_block = 2 * d + 3 * d * d + d * d + 4 * d * d + 4 * d * d  # two bias-free layer norms, attention, MLP
