@@ -338,8 +338,10 @@ def run_moabb_study(ctx: StudyContext, plan: MoabbPlan, cache=None) -> StudyResu
               "TRCA and MsetCCA average a class's trials into templates; a random phase averages the SSVEP away. "
               "CCA uses sinusoidal references and fits the phase per trial."),
     ]
+    figures = [_scores_figure(ctx, results)]
     return StudyResult(
         part="subject", study=ctx.study, title="MOABB's evaluations on the SSVEP exoskeleton copy", scale=ctx.scale,
+        figures=figures,
         summary=f"{len(results)} MOABB result rows ({', '.join(plan.evaluations)}; {', '.join(plan.tasks)}).",
         config={"plan": dataclasses.asdict(plan), "cache": str(cache), "moabb_results": csv_path.name},
         seeds=plan.seeds, data=[data.resolve("ssvep-exo").as_record()],
@@ -347,6 +349,38 @@ def run_moabb_study(ctx: StudyContext, plan: MoabbPlan, cache=None) -> StudyResu
                  "moabb_results": results.to_dict(orient="records")},
         tables=tables, claims=claims,
     )
+
+
+def _scores_figure(ctx: StudyContext, results) -> str:
+    """Mean score per pipeline (subjects as points) for each evaluation of the main task."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    main = results[results.task == MAIN_TASK]
+    evaluations = list(dict.fromkeys(main.evaluation))
+    pipelines = list(dict.fromkeys(main.pipeline))
+    fig, axes = plt.subplots(1, len(evaluations), figsize=(4.5 * len(evaluations), 4.5), sharey=True, squeeze=False)
+    for ax, evaluation in zip(axes[0], evaluations, strict=True):
+        part = main[main.evaluation == evaluation]
+        for i, pipeline in enumerate(pipelines):
+            per_subject = part[part.pipeline == pipeline].groupby("subject").score.mean()
+            if len(per_subject):
+                ax.bar(i, per_subject.mean(), color="tab:blue" if "(" not in pipeline or "filter bank" in pipeline
+                       else "tab:orange")
+                ax.plot([i] * len(per_subject), per_subject.values, "k.", ms=3)
+        ax.axhline(1 / 3, color="grey", ls=":", lw=0.8)
+        ax.set_xticks(range(len(pipelines)))
+        ax.set_xticklabels(pipelines, rotation=60, ha="right", fontsize=7)
+        ax.set_title(f"{evaluation}", fontsize=9)
+    axes[0][0].set_ylabel("MOABB score (accuracy)")
+    fig.suptitle(f"{MAIN_TASK}: bars are means over subjects, dots are subjects; orange: our networks", fontsize=9)
+    fig.tight_layout()
+    path = ctx.figure_path("scores.png")
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path.name
 
 
 def _fmt(value) -> str:

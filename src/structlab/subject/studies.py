@@ -76,7 +76,7 @@ class Plan:
 # pooled protocol (the paper's) with the paper's two backbones, EEGNeX and the patched transformer (PBT),
 # beside EEGNet; LOSO, calibration and the sweeps with EEGNet. A training step of 64 subject-conditioned
 # trials costs 0.16 s of CPU for EEGNet, 1.37 s for EEGNeX and 0.86 s for the PBT (one thread), so the
-# EEGNeX and PBT pooled jobs add about 2.6 h to EEGNet's ~35 min on one core (see docs/subject.md).
+# EEGNeX and PBT pooled jobs add about 2-2.5 h to EEGNet's ~35 min on one core (see docs/subject.md).
 PLANS = {
     "quick": Plan(
         seeds=[0],
