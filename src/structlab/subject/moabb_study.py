@@ -203,7 +203,7 @@ def phase_locking(cache, subjects: list[int] | None) -> list[list]:
         for f in SSVEP_EVENTS:
             mask = (meta.subject.to_numpy() == subject) & (y == f)
             rows.append([int(subject), f, int(mask.sum()), round(_plv(X[mask][:, 0], float(f), sfreq), 3),
-                         round(1 / np.sqrt(mask.sum()), 3)])
+                         round(float(1 / np.sqrt(mask.sum())), 3)])
     return rows
 
 
