@@ -267,3 +267,51 @@ def test_ray_gives_the_outcomes_of_the_local_executor_with_a_shared_array_argume
 
 def _column_stats(X: np.ndarray, column: int) -> dict:
     return {"mean": float(X[:, column].mean()), "max": float(X[:, column].max())}
+
+
+# ------------------------------------------------------------------------------- the command line
+def test_cli_executor_ray_without_ray_says_how_to_install_it(tmp_path: Path, monkeypatch, capsys) -> None:
+    import sys
+
+    from structlab import cli
+
+    monkeypatch.setitem(sys.modules, "ray", None)
+    assert cli.main(["reproduce", "--executor", "ray", "--results", str(tmp_path)]) == 2
+    assert "pip install 'structlab[cluster]'" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())  # nothing ran
+
+
+def test_cli_refuses_an_address_without_the_ray_executor_and_workers_below_one(tmp_path: Path, capsys) -> None:
+    from structlab import cli
+
+    assert cli.main(["reproduce", "--address", "10.0.0.5:6379", "--results", str(tmp_path)]) == 2
+    assert "address='10.0.0.5:6379': only the 'ray' executor" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main(["reproduce", "--workers", "0"])
+    assert "'0': expected a positive integer" in capsys.readouterr().err
+
+
+def test_studies_get_the_run_executor_through_their_context_and_it_is_closed(tmp_path: Path, monkeypatch) -> None:
+    from structlab import reproduce
+    from structlab.results import StudyResult
+
+    registry: dict = {}
+    monkeypatch.setattr(reproduce, "_STUDIES", registry)
+    monkeypatch.setattr(reproduce, "load_studies", lambda: dict(registry))
+
+    @reproduce.study("tucker", "squares", title="squares")
+    def squares(ctx):
+        outcomes = ctx.run_jobs(_jobs(tmp_path, range(3)), salt="v1")
+        return StudyResult(part="tucker", study="squares", title="squares", scale=ctx.scale,
+                           metrics={"y": [o["y"] for o in outcomes.values()]})
+
+    class Recorded(LocalExecutor):
+        closed = 0
+
+        def close(self) -> None:
+            Recorded.closed += 1
+
+    out = reproduce.run("quick", results_dir=tmp_path, log=_quiet, executor=Recorded(workers=2))
+    assert [o.status for o in out] == ["ran"] and Recorded.closed == 1
+    assert sorted(p.name for p in (tmp_path / "tucker" / "runs" / "squares").iterdir()) == [
+        "square-0.json", "square-1.json", "square-2.json"]
