@@ -5,10 +5,9 @@ N jobs (N = 50, 200, 500) of two kinds, empty (return at once) and ~10 ms of bus
 processes, started anew by each call, as a study's call does) and (b) a Ray instance on this machine
 (started once, as ``structlab reproduce --executor ray`` does), against (c) the plain baseline a user
 would write: ``concurrent.futures.ProcessPoolExecutor.map`` over the same function. Rounds interleave the
-three, and each wall time is the median over rounds. A least-squares line wall(N) = start + N x per-job
-splits each executor's cost into a fixed start and a per-job time; the per-job overhead is the per-job
-time less the job's own time divided by the workers. Storing an outcome (an atomic write with fsync,
-what a study adds to every job) is timed on its own.
+three, and each wall time is the median over rounds. The overhead per job is (wall - N x job time /
+workers) / N: what the executor adds, its pool's start included. Storing an outcome (an atomic write with
+fsync, what a study adds to every job) is timed on its own.
 
     .venv/bin/python benchmarks/executor_overhead.py                  # 2 workers, 3 rounds
     .venv/bin/python benchmarks/executor_overhead.py --workers 4 --rounds 5 --sizes 50 500
@@ -21,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
+import os
 import statistics
 import tempfile
 import time
@@ -50,14 +50,6 @@ def _run(executor, n: int, seconds: float, workers: int) -> None:
     assert [o["index"] for o in outcomes.values()] == list(range(n))  # every job ran, in order
 
 
-def _fit(sizes: list[int], walls: list[float]) -> tuple[float, float]:
-    """Least-squares (intercept, slope) of wall against N."""
-    mean_n, mean_w = statistics.fmean(sizes), statistics.fmean(walls)
-    slope = sum((n - mean_n) * (w - mean_w) for n, w in zip(sizes, walls, strict=True)) / sum(
-        (n - mean_n) ** 2 for n in sizes)
-    return mean_w - slope * mean_n, slope
-
-
 def _store_seconds(count: int = 200) -> float:
     """Seconds to store one small outcome in a job store (atomic write and fsync)."""
     from structlab.jobs import Job, JobStore
@@ -84,6 +76,7 @@ def main(argv=None) -> int:
     from structlab.results import Claim, StudyResult, Table, finish
 
     runtime.set_progress(False)
+    load_before = os.getloadavg()[0]
     local, ray = LocalExecutor(workers=args.workers), RayExecutor(workers=args.workers)
     t0 = time.perf_counter()
     ray.connect()
@@ -107,61 +100,51 @@ def main(argv=None) -> int:
         ray.close()
     store_s = _store_seconds()
 
-    fits, rows, metrics = {}, [], {"ray_init_seconds": ray_start, "store_seconds_per_job": store_s,
-                                   "workers": args.workers, "cpu_count": runtime.cpu_count(), "walls": {}}
+    load = os.getloadavg()
+    metrics = {"ray_init_seconds": ray_start, "store_seconds_per_job": store_s, "workers": args.workers,
+               "cpu_count": runtime.cpu_count(), "load_average_1min": [load_before, load[0]], "runs": {}}
+    rows, ratio_rows = [], []
     for kind, seconds in KINDS.items():
-        for name in runners:
-            median = [statistics.median(walls[(name, kind, n)]) for n in args.sizes]
-            start, per_job = _fit(args.sizes, median)
-            overhead = per_job - seconds / args.workers
-            fits[(name, kind)] = (start, per_job, overhead)
-            metrics["walls"][f"{name} / {kind}"] = dict(zip(map(str, args.sizes), median, strict=True))
-            metrics[f"{name} / {kind}"] = {"start_seconds": start, "per_job_ms": 1e3 * per_job,
-                                           "overhead_per_job_ms": 1e3 * overhead}
-            rows.append([kind, name, *[round(w, 2) for w in median], round(start, 2), round(1e3 * per_job, 2),
-                         round(1e3 * overhead, 2)])
-    ratios = {}
-    for kind in KINDS:
-        ratios[kind] = {
-            "ray / local, per-job time": fits[("structlab ray", kind)][1] / fits[("structlab local", kind)][1],
-            "local / plain pool, per-job time": fits[("structlab local", kind)][1]
-            / fits[("process pool (plain)", kind)][1],
-        }
-        n = max(args.sizes)
-        ratios[kind][f"ray / local, wall at N={n}"] = (statistics.median(walls[("structlab ray", kind, n)])
-                                                       / statistics.median(walls[("structlab local", kind, n)]))
-    metrics["ratios"] = ratios
+        for n in args.sizes:
+            wall = {name: statistics.median(walls[(name, kind, n)]) for name in runners}
+            overhead = {name: (w - n * seconds / args.workers) / n for name, w in wall.items()}
+            metrics["runs"][f"{kind}, N={n}"] = {
+                name: {"wall_seconds": wall[name], "walls": walls[(name, kind, n)],
+                       "overhead_per_job_ms": 1e3 * overhead[name]} for name in runners}
+            rows += [[kind, n, name, round(wall[name], 3), round(1e3 * wall[name] / n, 2),
+                      round(1e3 * overhead[name], 2)] for name in runners]
+            ratio_rows.append([kind, n, round(wall["structlab ray"] / wall["structlab local"], 3),
+                               round(wall["structlab local"] / wall["process pool (plain)"], 3)])
+    metrics["ratios"] = {f"{r[0]}, N={r[1]}": {"ray / local": r[2], "local / plain pool": r[3]} for r in ratio_rows}
     print(json.dumps(metrics, indent=2))
 
-    ray_empty, local_empty = fits[("structlab ray", "empty")], fits[("structlab local", "empty")]
-    ray_10, local_10 = fits[("structlab ray", "10 ms")], fits[("structlab local", "10 ms")]
+    n = max(args.sizes)
+    ray_ms = {k: metrics["runs"][f"{k}, N={n}"]["structlab ray"]["overhead_per_job_ms"] for k in KINDS}
+    local_ms = {k: metrics["runs"][f"{k}, N={n}"]["structlab local"]["overhead_per_job_ms"] for k in KINDS}
     claims = [
-        Claim("Running a study's jobs as Ray tasks costs at most a few milliseconds more per job than the local "
-              "process pool, so jobs of a second or more (every study's) lose under 1% to it.",
-              f"overhead per job: Ray {1e3 * ray_empty[2]:.2f} ms vs local pool {1e3 * local_empty[2]:.2f} ms "
-              f"(empty jobs), Ray {1e3 * ray_10[2]:.2f} ms vs local {1e3 * local_10[2]:.2f} ms (10 ms jobs); "
-              f"{args.workers} workers",
-              "agrees" if max(ray_empty[2], ray_10[2]) - max(local_empty[2], local_10[2]) <= 0.005 else "disagrees",
-              "Per-job time from a least-squares line over N; overhead = per-job time - job time / workers. "
-              "Ray's instance start is paid once per `structlab reproduce`, the local pool's start once per "
-              "study call (the intercepts)."),
+        Claim("Running a study's jobs as Ray tasks costs at most 10 ms more per job than the local process pool, "
+              "so jobs of a second or more (every study's) lose at most 1% to it.",
+              f"overhead per job at N={n}: Ray {ray_ms['empty']:.2f} ms vs local pool {local_ms['empty']:.2f} ms "
+              f"(empty jobs), Ray {ray_ms['10 ms']:.2f} ms vs local {local_ms['10 ms']:.2f} ms (10 ms jobs); "
+              f"{args.workers} workers, load average {load_before:.1f} -> {load[0]:.1f} on {runtime.cpu_count()} cores",
+              "agrees" if max(ray_ms[k] - local_ms[k] for k in KINDS) <= 10 else "disagrees",
+              "Overhead per job = (wall - N x job time / workers) / N, medians over interleaved rounds; the local "
+              "pool's start is inside it (each study call starts one), Ray's instance start is not (once per "
+              "`structlab reproduce`)."),
     ]
     result = StudyResult(
         part="jobs", study="bench_executor_overhead", title="Executor overhead: Ray tasks against the local pool",
         scale="bench",
         summary="Wall time of N jobs through structlab's local and Ray executors and a plain process pool, "
-                "medians over interleaved rounds; per-job and fixed costs from a line fit over N.",
+                "medians over interleaved rounds.",
         config=vars(args), metrics=metrics,
         tables=[
-            Table("Wall time (s) of N jobs, fixed start (s) and per-job time and overhead (ms)",
-                  ["jobs", "executor", *[f"N={n}" for n in args.sizes], "start (s)", "per job (ms)",
-                   "overhead per job (ms)"], rows,
-                  note=f"{args.workers} workers on {runtime.cpu_count()} cores; Ray instance start "
-                       f"{ray_start:.1f} s (once per run, not in these walls); storing an outcome "
-                       f"{1e3 * store_s:.2f} ms per job (not in these walls)"),
-            Table("Ratios (per-job time from the line fit; wall at the largest N)",
-                  ["jobs", *next(iter(ratios.values())).keys()],
-                  [[kind, *[round(v, 3) for v in r.values()]] for kind, r in ratios.items()]),
+            Table("Wall time of N jobs (s), per job and overhead per job (ms)",
+                  ["jobs", "N", "executor", "wall (s)", "per job (ms)", "overhead per job (ms)"], rows,
+                  note=f"{args.workers} workers on {runtime.cpu_count()} cores (load average {load_before:.1f} "
+                       f"before, {load[0]:.1f} after); Ray instance start {ray_start:.1f} s, once per run and not "
+                       f"in these walls; storing an outcome {1e3 * store_s:.2f} ms per job, not in these walls"),
+            Table("Ratios of wall times", ["jobs", "N", "ray / local", "local / plain pool"], ratio_rows),
         ],
         claims=claims,
     )

@@ -31,7 +31,7 @@ import sys
 import time
 import weakref
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -95,8 +95,10 @@ class _Fingerprint:
             cached = self._digests.get(id(obj))
             if cached is None or cached[0]() is not obj:
                 data = np.ascontiguousarray(obj)
-                cached = (weakref.ref(obj), hashlib.sha256(data.view(np.uint8).reshape(-1)).hexdigest())
-                self._digests[id(obj)] = cached
+                key = id(obj)  # forgotten when the array is: its id may then be reused
+                cached = (weakref.ref(obj, lambda _: self._digests.pop(key, None)),
+                          hashlib.sha256(data.view(np.uint8).reshape(-1)).hexdigest())
+                self._digests[key] = cached
             return {"ndarray": str(obj.dtype), "shape": list(obj.shape), "sha256": cached[1]}
         if isinstance(obj, np.generic):
             return obj.item()
@@ -311,16 +313,13 @@ class LocalExecutor:
                                        initargs=(threads,))
             try:
                 futures = {pool.submit(call_in_worker, job.fn, job.kwargs, threads): job for job in todo}
-                not_done = set(futures)
-                while not_done:
-                    done, not_done = wait(not_done, return_when=FIRST_COMPLETED)
-                    for future in done:
-                        try:
-                            yield futures[future], future.result()
-                        except BrokenProcessPool:
-                            lost.append(futures[future])
-                        except Exception as err:  # noqa: BLE001 - reported after the other jobs
-                            yield futures[future], err
+                for future in as_completed(futures):
+                    try:
+                        yield futures[future], future.result()
+                    except BrokenProcessPool:
+                        lost.append(futures[future])
+                    except Exception as err:  # noqa: BLE001 - reported after the other jobs
+                        yield futures[future], err
             finally:
                 pool.shutdown(wait=True, cancel_futures=True)
             attempt += 1
@@ -406,7 +405,9 @@ class RayExecutor:
         )
         # An argument that several jobs share (a data set) goes to the object store once, not once a job.
         refs = {id(value): ray.put(value) for value in _shared_arguments(jobs)}
-        limit = self.workers or len(jobs)  # on a cluster, ``workers`` caps the jobs in flight
+        # A local instance has ``workers`` CPUs, so Ray's scheduler already runs that many at once and the
+        # rest wait in its queue, ready to start; on a cluster ``workers`` caps the jobs in flight.
+        limit = self.workers if self.address is not None and self.workers else len(jobs)
         queue, in_flight = list(jobs), {}
         try:
             while queue or in_flight:
@@ -415,15 +416,18 @@ class RayExecutor:
                     # Keyword arguments of the task, so that Ray resolves the object references among them.
                     kwargs = {k: refs.get(id(v), v) for k, v in job.kwargs.items()}
                     in_flight[task.remote(job.fn, threads, **kwargs)] = job
-                [ref], _ = ray.wait(list(in_flight), num_returns=1)
-                job = in_flight.pop(ref)
-                try:
-                    yield job, ray.get(ref)
-                except ray.exceptions.RayTaskError as err:  # the job raised: report its own exception
-                    cause = getattr(err, "cause", None)
-                    yield job, cause if isinstance(cause, BaseException) else err
-                except ray.exceptions.RayError as err:  # its worker or node died more than ``retries`` times
-                    yield job, WorkerLost(f"{_describe(err)} (after {self.retries} retries)")
+                ready, _ = ray.wait(list(in_flight), num_returns=1)
+                if len(in_flight) > 1:  # and every other one that has finished meanwhile
+                    ready, _ = ray.wait(list(in_flight), num_returns=len(in_flight), timeout=0)
+                for ref in ready:
+                    job = in_flight.pop(ref)
+                    try:
+                        yield job, ray.get(ref)
+                    except ray.exceptions.RayTaskError as err:  # the job raised: report its own exception
+                        cause = getattr(err, "cause", None)
+                        yield job, cause if isinstance(cause, BaseException) else err
+                    except ray.exceptions.RayError as err:  # its worker or node died more than ``retries`` times
+                        yield job, WorkerLost(f"{_describe(err)} (after {self.retries} retries)")
         finally:
             for ref in in_flight:  # stopped early (Ctrl-C, an error): do not leave the cluster busy
                 ray.cancel(ref, force=True)
