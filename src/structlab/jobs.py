@@ -31,7 +31,7 @@ import sys
 import time
 import weakref
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, as_completed, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -281,8 +281,9 @@ def _init_worker(threads: int) -> None:
 class LocalExecutor:
     """Jobs in this process (one worker) or in a pool of ``workers`` spawned processes.
 
-    ``workers=None`` takes the caller's choice (see :func:`run_jobs`). A pool whose worker dies (killed,
-    out of memory) is replaced and the jobs it had not finished run again, up to ``retries`` times.
+    ``workers=None`` takes the caller's choice (see :func:`run_jobs`). When a worker dies (killed, out of
+    memory) the pool breaks and every job it had not finished is lost; each runs again in a process of
+    its own, up to ``retries`` times, so a job that kills its process takes no other job with it.
     """
 
     workers: int | None = None
@@ -305,32 +306,62 @@ class LocalExecutor:
                         result = err
                     yield job, result
             return
-        todo, attempt = list(jobs), 0
         context = multiprocessing.get_context("spawn")  # CUDA and OpenMP do not survive a fork
-        while todo:
-            lost: list[Job] = []
-            pool = ProcessPoolExecutor(min(workers, len(todo)), mp_context=context, initializer=_init_worker,
-                                       initargs=(threads,))
-            try:
-                futures = {pool.submit(call_in_worker, job.fn, job.kwargs, threads): job for job in todo}
-                for future in as_completed(futures):
-                    try:
-                        yield futures[future], future.result()
-                    except BrokenProcessPool:
-                        lost.append(futures[future])
-                    except Exception as err:  # noqa: BLE001 - reported after the other jobs
-                        yield futures[future], err
-            finally:
-                pool.shutdown(wait=True, cancel_futures=True)
-            attempt += 1
-            if lost and attempt > self.retries:
-                for job in lost:
-                    yield job, WorkerLost(f"a worker process died running it or beside it ({attempt} pools)")
+        lost: list[Job] = []
+        pool = ProcessPoolExecutor(min(workers, len(jobs)), mp_context=context, initializer=_init_worker,
+                                   initargs=(threads,))
+        try:
+            futures = {pool.submit(call_in_worker, job.fn, job.kwargs, threads): job for job in jobs}
+            for future in as_completed(futures):
+                try:
+                    yield futures[future], future.result()
+                except BrokenProcessPool:  # a worker died: every job the pool had not finished is lost
+                    lost.append(futures[future])
+                except Exception as err:  # noqa: BLE001 - reported after the other jobs
+                    yield futures[future], err
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+        # Which job killed its process is unknown, so each lost job runs again in a process of its own:
+        # one that dies every time takes no other job with it.
+        for _ in range(self.retries):
+            if not lost:
                 return
-            todo = sorted(lost, key=jobs.index)
+            again, lost = sorted(lost, key=jobs.index), []
+            for job, result in _isolated(again, workers, threads, context):
+                if isinstance(result, BrokenProcessPool):
+                    lost.append(job)
+                else:
+                    yield job, result
+        for job in lost:
+            yield job, WorkerLost(f"its worker process died {self.retries + 1} times (killed, out of memory "
+                                  "or a crash in native code)")
 
     def close(self) -> None:
         """Nothing to release: each call's pool ends with the call."""
+
+
+def _isolated(
+    jobs: Sequence[Job], workers: int, threads: int, context: Any
+) -> Iterator[tuple[Job, dict[str, Any] | BaseException]]:
+    """Each job in a spawned process of its own, ``workers`` at a time."""
+    queue, running = list(jobs), {}
+    try:
+        while queue or running:
+            while queue and len(running) < workers:
+                job = queue.pop(0)
+                pool = ProcessPoolExecutor(1, mp_context=context, initializer=_init_worker, initargs=(threads,))
+                running[pool.submit(call_in_worker, job.fn, job.kwargs, threads)] = (job, pool)
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                job, pool = running.pop(future)
+                pool.shutdown(wait=True)
+                try:
+                    yield job, future.result()
+                except Exception as err:  # noqa: BLE001 - a job's error or its lost process, for the caller
+                    yield job, err
+    finally:
+        for _, pool in running.values():
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 # ----------------------------------------------------------------------------------------------- ray
