@@ -208,13 +208,19 @@ def test_the_ray_executor_without_ray_says_how_to_install_it(monkeypatch: pytest
         make_executor("ray")
 
 
-def test_an_address_where_no_ray_head_listens_is_named(tmp_path: Path) -> None:
+def test_an_address_where_no_ray_head_listens_is_named_before_any_study_runs(tmp_path: Path, capsys) -> None:
+    from structlab import cli
+
     pytest.importorskip("ray")
     with socket.socket() as sock:  # a port that was free a moment ago, and so has nothing listening
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     with pytest.raises(StructlabError, match=rf"address='127.0.0.1:{port}': no Ray head answers there"):
         RayExecutor(address=f"127.0.0.1:{port}").connect()
+    args = ["reproduce", "--executor", "ray", "--address", f"127.0.0.1:{port}", "--results", str(tmp_path)]
+    assert cli.main(args) == 2
+    assert f"error: address='127.0.0.1:{port}': no Ray head answers there" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())  # nothing ran
 
 
 # ----------------------------------------------------------------------------------------------- ray

@@ -512,7 +512,8 @@ def make_executor(kind: str = "local", address: str | None = None, workers: int 
     """The executor named ``kind`` (``"local"`` or ``"ray"``), as the command line's options give it.
 
     Raises ``ValueError`` for an unknown ``kind``, an ``address`` with the local executor or a malformed
-    one, and ``StructlabError`` when ``kind="ray"`` and Ray is not installed.
+    one, and ``StructlabError`` when ``kind="ray"`` and Ray is not installed, or no Ray cluster answers
+    at ``address``.
     """
     if kind not in EXECUTORS:
         raise ValueError(f"executor={kind!r}: expected one of {EXECUTORS}")
@@ -522,4 +523,6 @@ def make_executor(kind: str = "local", address: str | None = None, workers: int 
         return LocalExecutor(workers=workers)
     executor = RayExecutor(address=address, workers=workers)
     import_ray()  # a missing install fails now, before any study starts
+    if address is not None:
+        executor.connect()  # and so does an address with no cluster (a local instance starts when first used)
     return executor
