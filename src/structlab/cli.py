@@ -16,6 +16,7 @@ from pathlib import Path
 
 from structlab import runtime
 from structlab.errors import StructlabError
+from structlab.jobs import EXECUTORS
 from structlab.reproduce import DEFAULT_RESULTS, PARTS, SCALES
 
 # Errors that come from the user's input or environment: shown as one line without a traceback.
@@ -114,6 +115,8 @@ def _reproduce_command(subparsers) -> None:
             structlab reproduce --scale quick
             structlab reproduce --scale full --only relumip
             structlab reproduce --only tucker --study charlm --force
+            structlab reproduce --scale full --executor ray --workers 8
+            structlab reproduce --scale full --executor ray --address 10.0.0.5:6379
         """,
     )
     rep.add_argument("--scale", choices=SCALES, default="quick", help="quick (minutes) or full (hours)")
@@ -121,13 +124,33 @@ def _reproduce_command(subparsers) -> None:
     rep.add_argument("--study", action="append", help="run only this study (repeatable)")
     rep.add_argument("--force", action="store_true", help="rerun studies whose results are current")
     rep.add_argument("--results", type=Path, default=DEFAULT_RESULTS, help="results folder (default: results)")
+    rep.add_argument("--executor", choices=EXECUTORS, default="local",
+                     help="where the studies' independent jobs run: local processes (default) or Ray tasks "
+                          "(needs the 'cluster' extra)")
+    rep.add_argument("--address", metavar="HOST:PORT",
+                     help="with --executor ray: join the Ray cluster whose head listens there "
+                          "(default: start a local Ray instance)")
+    rep.add_argument("--workers", type=_positive_int, metavar="N",
+                     help="jobs at once (default: each study's choice locally, every CPU of the Ray instance "
+                          "or cluster)")
     rep.set_defaults(func=_reproduce)
 
 
-def _reproduce(args: argparse.Namespace) -> int:
-    from structlab import report, reproduce
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a positive integer")
+    return value
 
-    outcomes = reproduce.run(args.scale, args.only, args.study, args.force, args.results)
+
+def _reproduce(args: argparse.Namespace) -> int:
+    from structlab import jobs, report, reproduce
+
+    executor = jobs.make_executor(args.executor, args.address, args.workers)
+    outcomes = reproduce.run(args.scale, args.only, args.study, args.force, args.results, executor=executor)
     html, md = report.write_report(args.results)
     failed = [o for o in outcomes if o.status == "failed"]
     for o in failed:

@@ -21,11 +21,11 @@ import importlib
 import time
 import traceback
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from structlab import runtime
+from structlab import jobs, runtime
 from structlab.results import StudyResult, finish, read_result, record_failure, results_path
 
 Scale = Literal["quick", "full"]
@@ -36,13 +36,14 @@ DEFAULT_RESULTS = Path("results")
 
 @dataclass
 class StudyContext:
-    """What a study gets: its scale, where to write figures, and a logger."""
+    """What a study gets: its scale, where to write figures, a logger, and the executor of its jobs."""
 
     part: str
     study: str
     scale: Scale
     results_dir: Path
     log: Callable[[str], None] = print
+    executor: jobs.Executor = field(default_factory=jobs.LocalExecutor)
 
     @property
     def out_dir(self) -> Path:
@@ -58,6 +59,22 @@ class StudyContext:
     @property
     def quick(self) -> bool:
         return self.scale == "quick"
+
+    def run_jobs(
+        self, todo: Sequence[jobs.Job], salt: str | None = None, workers: int = 1, threads: int = 1,
+        gpus: float = 0.0, desc: str | None = None,
+    ) -> dict[str, dict]:
+        """The outcomes of the study's independent jobs, by key (:func:`structlab.jobs.run_jobs`).
+
+        They run on the run's executor (``structlab reproduce --executor``; ``workers`` is the study's
+        choice for the local one) and are stored as they finish in ``<results>/<part>/runs/<study>``,
+        so a stopped study resumes. A stored outcome is reused only under the same ``salt`` (default:
+        the part's source fingerprint and the scale, so any change to the part's code runs them again).
+        """
+        salt = fingerprint(self.part, self.scale) if salt is None else salt
+        store = jobs.JobStore(self.out_dir / "runs" / self.study, salt)
+        return jobs.run_jobs(todo, self.executor, store, workers=workers, threads=threads, gpus=gpus,
+                             log=self.log, desc=desc or f"{self.part}/{self.study}")
 
 
 @dataclass(frozen=True)
@@ -140,8 +157,13 @@ def run(
     force: bool = False,
     results_dir: Path = DEFAULT_RESULTS,
     log: Callable[[str], None] = print,
+    executor: jobs.Executor | None = None,
 ) -> list[Outcome]:
-    """Run the registered studies at ``scale``; a failing study is reported and the others go on."""
+    """Run the registered studies at ``scale``; a failing study is reported and the others go on.
+
+    ``executor`` runs the studies' independent jobs (default: a :class:`structlab.jobs.LocalExecutor`);
+    it is closed when the studies have run.
+    """
     if scale not in SCALES:
         raise ValueError(f"scale={scale!r}: expected one of {SCALES}")
     for part in only or []:
@@ -158,6 +180,15 @@ def run(
             known = sorted(s.name for s in registry.values())
             raise ValueError(f"study={sorted(unknown)}: no such study; known: {known}")
     results_dir = Path(results_dir)
+    executor = executor if executor is not None else jobs.LocalExecutor()
+    try:
+        return _run_studies(chosen, scale, force, results_dir, log, executor)
+    finally:
+        executor.close()
+
+
+def _run_studies(chosen: list[Study], scale: Scale, force: bool, results_dir: Path, log: Callable[[str], None],
+                 executor: jobs.Executor) -> list[Outcome]:
     outcomes: list[Outcome] = []
     for spec in sorted(chosen, key=lambda s: (PARTS.index(s.part), s.name)):
         label = f"{spec.part}/{spec.name}"
@@ -166,7 +197,8 @@ def run(
             outcomes.append(Outcome(spec.part, spec.name, "current"))
             continue
         log(f"[{label}] {spec.title} ({scale} scale)")
-        ctx = StudyContext(spec.part, spec.name, scale, results_dir, log=lambda msg, _l=label: log(f"[{_l}] {msg}"))
+        ctx = StudyContext(spec.part, spec.name, scale, results_dir, log=lambda msg, _l=label: log(f"[{_l}] {msg}"),
+                           executor=executor)
         start = time.perf_counter()
         try:
             runtime.seed_everything(0)

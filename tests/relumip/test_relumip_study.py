@@ -37,9 +37,8 @@ def test_tiny_peaks_study_end_to_end_writes_results_figures_and_resumes(tmp_path
     assert {s["method"] for s in solves} == {"interval", "lp", "lp+rescale"}
     # every encoding of one network proves the same optimum, evaluated by the network's forward pass
     assert result.metrics["optimum_agreement"] < 1e-6
-    # the cache holds every network: a rerun (forced) measures nothing again and gives the same numbers
-    cache = list((tmp_path / "relumip" / ".cache").glob("peaks-quick-*.jsonl"))
-    assert len(cache) == 1 and len(cache[0].read_text().splitlines()) == 6
+    # the job store holds every network: a rerun (forced) measures nothing again and gives the same numbers
+    assert len(list((tmp_path / "relumip" / "runs" / "peaks").glob("*.json"))) == 6
     reproduce.run("quick", only=["relumip"], studies=["peaks"], results_dir=tmp_path, force=True, log=lambda m: None)
     again = read_result(tmp_path / "relumip" / "peaks.json")
     assert [s["seconds"] for s in again.metrics["solves"]] == [s["seconds"] for s in solves]

@@ -4,9 +4,8 @@ stored and reused; rank selection and Pareto analysis against brute force."""
 from __future__ import annotations
 
 import itertools
-import json
 import random
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -19,7 +18,6 @@ from structlab.tucker.pareto import params_at_loss, pareto_front
 from structlab.tucker.rank_selection import ranks_for_budget, side_parameters
 from structlab.tucker.runs import Schedule
 from structlab.tucker.studies import CharLMPlan, MiniLMPlan, ViTPlan, run_charlm, run_minilm, run_vit
-from structlab.tucker.sweep import Job, run_jobs
 
 
 def _context(tmp_path: Path, study: str) -> StudyContext:
@@ -129,24 +127,6 @@ def test_rank_selection_finds_the_least_hosvd_error_within_the_budget_by_brute_f
     assert hosvd(tensor, chosen).relative_error(tensor) == pytest.approx(best, abs=1e-9)
 
 
-def test_stored_runs_are_reused_only_by_the_same_code(tmp_path: Path) -> None:
-    calls = []
-    job = Job("square-3", _square, {"x": 3, "calls": str(tmp_path / "calls.txt")})
-    assert run_jobs([job], cache=tmp_path, salt="v1", log=calls.append) == {"square-3": {"y": 9}}
-    assert run_jobs([job], cache=tmp_path, salt="v1", log=calls.append) == {"square-3": {"y": 9}}
-    assert (tmp_path / "calls.txt").read_text() == "x"  # ran once
-    run_jobs([job], cache=tmp_path, salt="v2", log=calls.append)
-    assert (tmp_path / "calls.txt").read_text() == "xx"  # another fingerprint: ran again
-    assert json.loads((tmp_path / "square-3.json").read_text())["outcome"] == {"y": 9}
-    with pytest.raises(ValueError, match="duplicate"):
-        run_jobs([job, replace(job)], cache=tmp_path)
-
-
-def test_runs_in_worker_processes_give_the_same_outcomes(tmp_path: Path) -> None:
-    jobs = [Job(f"square-{x}", _square, {"x": x, "calls": str(tmp_path / f"calls-{x}.txt")}) for x in range(3)]
-    assert run_jobs(jobs, workers=2, log=lambda message: None) == {f"square-{x}": {"y": x * x} for x in range(3)}
-
-
 def test_code_fingerprint_ignores_only_the_excluded_modules(tmp_path: Path) -> None:
     from structlab.tucker.sweep import code_fingerprint
 
@@ -157,18 +137,3 @@ def test_code_fingerprint_ignores_only_the_excluded_modules(tmp_path: Path) -> N
     assert code_fingerprint(tmp_path, exclude=("figures.py",)) == before
     (tmp_path / "train.py").write_text("lr = 2\n")
     assert code_fingerprint(tmp_path, exclude=("figures.py",)) != before
-
-
-def test_a_failing_run_does_not_lose_the_others(tmp_path: Path) -> None:
-    jobs = [Job(f"square-{x}", _square, {"x": x, "calls": str(tmp_path / "calls.txt")}) for x in (2, -1, 3)]
-    with pytest.raises(RuntimeError, match=r"1 of 3 runs failed \(square--1\)"):
-        run_jobs(jobs, cache=tmp_path, salt="v1", log=lambda message: None)
-    assert sorted(p.name for p in tmp_path.glob("square-*.json")) == ["square-2.json", "square-3.json"]
-
-
-def _square(x: int, calls: str) -> dict[str, int]:
-    if x < 0:
-        raise ValueError(f"x={x}: expected >= 0")
-    with open(calls, "a") as handle:
-        handle.write("x")
-    return {"y": x * x}

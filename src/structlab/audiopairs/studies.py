@@ -15,6 +15,8 @@ recording, freesound id or uploader is on both sides):
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import re
 import time
 from collections import Counter, defaultdict
 from collections.abc import Sequence
@@ -36,6 +38,7 @@ from structlab.audiopairs.protocol import (
 from structlab.audiopairs.recognition import (
     CLASSIFIERS,
     REPRESENTATIONS,
+    DetectorResult,
     FeatureTable,
     Recogniser,
     cross_validate,
@@ -43,6 +46,7 @@ from structlab.audiopairs.recognition import (
     majority_top_k,
 )
 from structlab.audiopairs.recordings import Duplicate, Recording, from_corpus
+from structlab.jobs import Job
 from structlab.reproduce import StudyContext, study
 from structlab.results import Claim, StudyResult, Table, format_spread, spread
 
@@ -194,20 +198,21 @@ def detectors(ctx: StudyContext) -> StudyResult:
     strict_pairs = eligible_pairs(recs, corpus.groups["uploader-or-source"], scale.min_pair_groups)
     ctx.log(f"{len(pairs)} pairs with >= {scale.min_pair_groups} groups; {len(scale.recognisers)} recognisers")
 
-    results, matched = {}, {}
-    with _single_thread():
-        for pair in pairs:
-            positive = np.array([r.pair == pair for r in recs])
-            results[pair] = detect_pair(
-                pair, corpus.table, positive, ~positive, groups, scale.recognisers, scale.detector_repeats
-            )
-            # Harder negatives: only files from the positives' own source packages, so a detector
-            # cannot win by recognising the package's recording chain instead of the sound.
-            same_source = np.isin(source, source[positive]) & ~positive
-            if same_source.sum() >= positive.sum():
-                matched[pair] = detect_pair(
-                    pair, corpus.table, positive, same_source, groups, [PRIMARY], scale.detector_repeats, seed=1
-                )
+    jobs = []
+    for pair in pairs:
+        positive = np.array([r.pair == pair for r in recs])
+        jobs.append(_detector_job(f"pair-{pair}", corpus, pair, positive, ~positive, groups, scale.recognisers,
+                                  scale.detector_repeats))
+        # Harder negatives: only files from the positives' own source packages, so a detector
+        # cannot win by recognising the package's recording chain instead of the sound.
+        same_source = np.isin(source, source[positive]) & ~positive
+        if same_source.sum() >= positive.sum():
+            jobs.append(_detector_job(f"same-source-{pair}", corpus, pair, positive, same_source, groups, [PRIMARY],
+                                      scale.detector_repeats, seed=1))
+    outcomes = ctx.run_jobs(jobs, desc="detectors")
+    results = {p: DetectorResult(**outcomes[_key(f"pair-{p}")]) for p in pairs}
+    matched = {p: DetectorResult(**outcomes[_key(f"same-source-{p}")]) for p in pairs
+               if _key(f"same-source-{p}") in outcomes}
 
     names = [r.name for r in scale.recognisers]
     per_pair_mean = {n: {p: _mean(results[p].accuracy[n]) for p in pairs} for n in names}
@@ -311,6 +316,26 @@ def detectors(ctx: StudyContext) -> StudyResult:
         figures=figures,
         claims=claims,
     )
+
+
+def _detector_job(name: str, corpus: LabelledClips, pair: str, positive: np.ndarray, candidates: np.ndarray,
+                  groups: np.ndarray, recognisers: list[Recogniser], repeats: int, seed: int = 0) -> Job:
+    kwargs = {"pair": pair, "table": corpus.table, "positive": positive, "candidates": candidates, "groups": groups,
+              "recognisers": recognisers, "n_repeats": repeats, "seed": seed}
+    # The feature table is known by what it was computed from: the files' checksums (the code is in the salt).
+    table = {"recordings": [r.sha256 for r in corpus.recordings], "features": feats.FeatureConfig().__dict__,
+             "embeddings": corpus.table.has("sfx")}
+    return Job(_key(name), run_detector, kwargs, identity={**kwargs, "table": table})
+
+
+def _key(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.=+,-]+", "_", name)
+
+
+def run_detector(**kwargs) -> dict:
+    """One job of the ``detectors`` study: :func:`detect_pair`, its result as a dict."""
+    with _single_thread():
+        return dataclasses.asdict(detect_pair(**kwargs))
 
 
 def _plot_per_pair(ctx, pairs, kind_of, results, best) -> str:

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ import numpy as np
 
 from structlab import data, runtime
 from structlab.errors import DataNotFoundError
+from structlab.jobs import Job
 from structlab.reproduce import StudyContext, study
 from structlab.results import Claim, StudyResult, Table, spread
 from structlab.subject import evaluation as ev
@@ -139,7 +141,8 @@ def ssvep_study(ctx: StudyContext) -> StudyResult:
 def run_ssvep(ctx: StudyContext, plan: Plan, trials: Trials) -> StudyResult:
     """Every part of the ``ssvep`` study under ``plan`` on ``trials``.
 
-    All trainings are independent jobs (each seeded on its own), run in ``plan.workers`` processes.
+    All trainings are independent jobs (each seeded on its own), run by the study's executor (locally in
+    ``plan.workers`` processes) and stored as they finish, so a stopped study resumes.
     """
     jobs: list[tuple[str, str, tuple]] = []  # (kind, label for sweeps, arguments)
     for backbone in plan.backbones:
@@ -156,8 +159,8 @@ def run_ssvep(ctx: StudyContext, plan: Plan, trials: Trials) -> StudyResult:
         jobs.append(("pooled", name, (trials, _config(plan, **overrides), seed, (ev.CONDITIONED_DROPOUT,))))
     ctx.log(f"{len(jobs)} jobs ({sum(k == 'loso' for k, _, _ in jobs)} leave-one-subject-out folds) "
             f"in {min(plan.workers, runtime.cpu_count())} processes")
-    outputs = ev.parallel_map(_run_job, [(kind, args) for kind, _, args in jobs],
-                              min(plan.workers, runtime.cpu_count()), "subject study", progress=True)
+    outputs = _run_jobs(ctx, [(_job_key(kind, label, args), kind, args) for kind, label, args in jobs],
+                        min(plan.workers, runtime.cpu_count()), "subject study")
     records: list[Record] = []
     variants: list[Record] = []
     for (_, label, _), out in zip(jobs, outputs, strict=True):
@@ -176,9 +179,25 @@ def run_ssvep(ctx: StudyContext, plan: Plan, trials: Trials) -> StudyResult:
     return _ssvep_result(ctx, plan, trials, records, variants)
 
 
-def _run_job(kind: str, args: tuple) -> list[Record]:
-    """One job of :func:`run_ssvep` (module level, so worker processes can unpickle it)."""
-    return ev.evaluate_pooled(*args) if kind == "pooled" else ev.loso_fold(*args)
+def _run_jobs(ctx: StudyContext, jobs: list[tuple[str, str, tuple]], workers: int, desc: str) -> list[list[Record]]:
+    """The records of each (key, kind, arguments) job, run by the study's executor and stored as they finish."""
+    # The trials go as an argument of their own: an executor sends one data set that many jobs share once.
+    outcomes = ctx.run_jobs([Job(key, run_job, {"kind": kind, "trials": args[0], "args": args[1:]})
+                             for key, kind, args in jobs], workers=workers, desc=desc)
+    return [[Record(**r) for r in outcome["records"]] for outcome in outcomes.values()]
+
+
+def run_job(kind: str, trials: Trials, args: tuple) -> dict:
+    """One job of a study: :func:`evaluate_pooled` or :func:`loso_fold` on ``trials``, its records as dicts."""
+    records = ev.evaluate_pooled(trials, *args) if kind == "pooled" else ev.loso_fold(trials, *args)
+    return {"records": [dataclasses.asdict(r) for r in records]}
+
+
+def _job_key(kind: str, label: str, args: tuple) -> str:
+    if kind == "loso":  # (trials, split, calibration, config, seed, ...)
+        return f"loso-{args[1].held_out}-s{args[4]}"
+    config, seed = args[1], args[2]  # (trials, config, seed, methods)
+    return f"pooled-{config.backbone}-s{seed}" + (f"-{re.sub(r'[^A-Za-z0-9.=+,-]+', '_', label)}" if label else "")
 
 
 # --- summarising ------------------------------------------------------------------------------------
@@ -597,11 +616,11 @@ def run_synthetic(ctx: StudyContext, plan: SyntheticPlan) -> StudyResult:
         config = _config_for_synthetic(plan)
         for seed in plan.seeds:
             trials = synthetic.generate(dataclasses.replace(plan.config, shift=shift, trials_per_class=n), seed=seed)
-            jobs.append(("pooled", (trials, config, seed, methods)))
+            jobs.append((f"shift{shift}-trials{n}-s{seed}", "pooled", (trials, config, seed, methods)))
             tags.append((shift, n))
     workers = min(plan.workers, runtime.cpu_count())
     ctx.log(f"{len(jobs)} jobs in {workers} processes")
-    outputs = ev.parallel_map(_run_job, jobs, workers, "synthetic control", progress=True)
+    outputs = _run_jobs(ctx, jobs, workers, "synthetic control")
     by_condition: dict[tuple[float, int], list[Record]] = defaultdict(list)
     for tag, out in zip(tags, outputs, strict=True):
         by_condition[tag] += out

@@ -12,7 +12,8 @@
 
 Each study has a quick scale (tiny models, few steps, one seed: a smoke test of the pipeline, not a
 measurement) and a full scale (the measurement). Runs are independent jobs, run in parallel processes
-on a GPU and stored as they finish, so an interrupted study resumes (:mod:`structlab.tucker.sweep`).
+on a GPU (or as Ray tasks: ``--executor ray``) and stored as they finish, so an interrupted study resumes
+(:mod:`structlab.jobs`).
 """
 
 from __future__ import annotations
@@ -28,12 +29,13 @@ from typing import Any
 import torch
 
 from structlab import runtime
+from structlab.jobs import Job
 from structlab.reproduce import StudyContext, study
 from structlab.results import Claim, StudyResult, Table, format_spread, spread
 from structlab.tucker.figures import Point, pareto_figure, spectra_figure
 from structlab.tucker.pareto import params_at_loss
 from structlab.tucker.runs import Schedule, language_model_run, shakespeare_corpus, vit_run
-from structlab.tucker.sweep import Job, code_fingerprint, parallelism, run_jobs
+from structlab.tucker.sweep import code_fingerprint, parallelism
 
 # The issue's goals and the paper's headline, as numbers the claims test against.
 GOAL_LM_GAP_NATS = 0.02  # Tucker within +0.02 nats of MHA ...
@@ -51,6 +53,11 @@ PRESENTATION = ("studies.py", "figures.py", "pareto.py", "cli.py", "rank_selecti
 def run_salt(scale: str) -> str:
     """What a stored run must have been made with: the scale and the code that trains it."""
     return f"{scale}-{code_fingerprint(Path(__file__).parent, exclude=PRESENTATION)}"
+
+
+def _gpu_share(device: str, workers: int) -> float:
+    """The share of a GPU each run asks a Ray scheduler for: ``workers`` runs share one, as locally."""
+    return 1 / workers if device.startswith("cuda") else 0.0
 
 
 def _family(spec: str) -> str:
@@ -117,8 +124,8 @@ def run_charlm(ctx: StudyContext, plan: CharLMPlan) -> StudyResult:
     ]
     workers, threads = parallelism(device, ctx.quick)
     ctx.log(f"{len(jobs)} runs on {device} ({workers} process(es) of {threads} thread(s))")
-    outcomes = run_jobs(jobs, cache=ctx.out_dir / "runs" / ctx.study, salt=run_salt(ctx.scale),
-                        workers=workers, threads=threads, log=ctx.log)
+    outcomes = ctx.run_jobs(jobs, salt=run_salt(ctx.scale), workers=workers, threads=threads,
+                            gpus=_gpu_share(device, workers))
     by_config: dict[tuple[int, str], list[dict[str, Any]]] = {}
     for outcome in outcomes.values():
         by_config.setdefault((outcome["width"], outcome["attention"]), []).append(outcome)
@@ -437,8 +444,8 @@ def run_vit(ctx: StudyContext, plan: ViTPlan) -> StudyResult:
     ]
     workers, threads = parallelism(device, ctx.quick)
     ctx.log(f"{len(jobs)} runs on {device} ({workers} process(es) of {threads} thread(s))")
-    outcomes = run_jobs(jobs, cache=ctx.out_dir / "runs" / ctx.study, salt=run_salt(ctx.scale),
-                        workers=workers, threads=threads, log=ctx.log)
+    outcomes = ctx.run_jobs(jobs, salt=run_salt(ctx.scale), workers=workers, threads=threads,
+                            gpus=_gpu_share(device, workers))
     runs: dict[str, list[dict[str, Any]]] = {}
     for o in outcomes.values():
         runs.setdefault(o["attention"], []).append(o)

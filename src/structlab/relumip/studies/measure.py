@@ -4,10 +4,11 @@ every bound method, region counts, and the cache that makes a full-scale run res
 Every solve has the same fixed time limit and one HiGHS thread. Solve times count bound tightening and
 model building ("total") unless a column says "solver".
 
-Results of each trained network are appended to ``results/relumip/.cache/<study>-<scale>-<hash>.jsonl``
-as they are measured, so an interrupted full-scale run resumes where it stopped. The hash covers the plan
-and all code that measures (:func:`measurement_digest`): a change there starts afresh, a change to the
-analysis reuses the measurements.
+Each network's (or instance's) measurements are one job of the study's executor (``structlab reproduce
+--executor``), stored in ``results/relumip/runs/<study>/`` as it finishes, so an interrupted full-scale run
+resumes where it stopped (:func:`run_measurements`). The stored jobs are keyed by the scale and a hash of
+the plan and all code that measures (:func:`measurement_digest`): a change there starts afresh, a change to
+the analysis reuses the measurements.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import functools
 import inspect
 import json
 import os
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -25,6 +27,7 @@ from typing import Any, Literal
 import numpy as np
 
 from structlab import reproduce, runtime
+from structlab.jobs import Job
 from structlab.relumip.bounds import Bounds, interval_bounds, lp_bounds, stable_fraction
 from structlab.relumip.formulation import Formulation
 from structlab.relumip.network import ReluNetwork
@@ -244,30 +247,49 @@ def run_box_problem(
     """Train every network of ``plan`` on ``ds`` and solve ``instance`` (a fixed box) over each.
 
     One entry per network: its configuration, test error, indicators under interval and LP bounds,
-    linear regions, ``extra(net, solves)`` and the list of solve records.
+    linear regions, ``extra(net, solves)`` and the list of solve records. Each network is a job of the
+    study's executor, so ``extra`` is a module-level function (or a ``functools.partial`` of one).
     """
-    cache = RecordCache(ctx, plan)
-    entries = []
     networks = plan.networks()
-    for i, spec in enumerate(networks):
-        hidden, lever, seed, key = spec.hidden, spec.lever, spec.seed, spec.key
-        entry = cache.get(key)
-        if entry is None:
-            net, train_seconds = train_regressor(ds, hidden, lever, seed, plan.train)
-            entry = {"arch": arch_label(hidden), "depth": len(hidden), "width": hidden[0], "lever": lever.label,
-                     "lever_name": lever.name, "lever_value": lever.value, "seed": seed,
-                     "test_error": ds.test_error(net), "train_seconds": train_seconds}
-            entry["solves"] = solve_all(net, [instance], spec.methods, spec.solver_seeds, plan.time_limit, ctx.log)
-            for method in ("interval", "lp"):  # the network's indicators under each kind of bounds
-                entry.update(_indicators_of(net, ds, method, entry["solves"]))
-            entry.update(region_count(net, ds.lower, ds.upper, plan.region_samples, seed, exact_regions(hidden)))
-            if extra is not None:
-                entry.update(extra(net, entry["solves"]))
-            cache.put(key, entry)
-        ctx.log(f"[{i + 1}/{len(networks)}] {key}: error {entry['test_error']:.4f}, "
+    jobs = [Job(job_key(spec.key), measure_network,
+                {"ds": ds, "instance": instance, "spec": spec, "plan": plan, "exact": exact_regions(spec.hidden),
+                 "extra": extra}, identity=spec.key)
+            for spec in networks]
+    outcomes = run_measurements(ctx, plan, jobs, () if extra is None else (getattr(extra, "func", extra),))
+    entries = list(outcomes.values())
+    for i, (spec, entry) in enumerate(zip(networks, entries, strict=True)):
+        log_unsolved(ctx, entry["solves"])
+        ctx.log(f"[{i + 1}/{len(networks)}] {spec.key}: error {entry['test_error']:.4f}, "
                 f"solved {sum(s['solved'] for s in entry['solves'])}/{len(entry['solves'])}")
-        entries.append(entry)
     return entries
+
+
+def measure_network(
+    ds: Dataset, instance: Instance, spec: NetworkSpec, plan: Plan, exact: bool,
+    extra: Callable[[ReluNetwork, list[dict[str, Any]]], dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """One job of :func:`run_box_problem`: train ``spec``'s network, solve ``instance`` over it with each
+    method and solver seed, and measure its indicators and linear regions (``exact``: counted, else sampled)."""
+    hidden, lever, seed = spec.hidden, spec.lever, spec.seed
+    net, train_seconds = train_regressor(ds, hidden, lever, seed, plan.train)
+    entry = {"arch": arch_label(hidden), "depth": len(hidden), "width": hidden[0], "lever": lever.label,
+             "lever_name": lever.name, "lever_value": lever.value, "seed": seed,
+             "test_error": ds.test_error(net), "train_seconds": train_seconds}
+    entry["solves"] = solve_all(net, [instance], spec.methods, spec.solver_seeds, plan.time_limit)
+    for method in ("interval", "lp"):  # the network's indicators under each kind of bounds
+        entry.update(_indicators_of(net, ds, method, entry["solves"]))
+    entry.update(region_count(net, ds.lower, ds.upper, plan.region_samples, seed, exact))
+    if extra is not None:
+        entry.update(extra(net, entry["solves"]))
+    return entry
+
+
+def log_unsolved(ctx: StudyContext, records: Sequence[dict[str, Any]]) -> None:
+    """A line for each solve that did not end optimal (the jobs that solved them may have run elsewhere)."""
+    for r in records:
+        if r["status"] != "optimal":
+            ctx.log(f"  {r['instance']} {r['method']} seed {r['solver_seed']}: {r['status']} "
+                    f"after {r['seconds']:.1f} s")
 
 
 def _indicators_of(net: ReluNetwork, ds: Dataset, method: str, records: list[dict[str, Any]]) -> dict[str, Any]:
@@ -294,8 +316,25 @@ def measurement_digest(plan: Any, measuring: Sequence[Callable[..., Any] | type]
     return digest.hexdigest()[:10]
 
 
+def run_measurements(ctx: StudyContext, plan: Any, jobs: Sequence[Job],
+                     measuring: Sequence[Callable[..., Any] | type] = ()) -> dict[str, dict[str, Any]]:
+    """The outcomes of a study's measuring ``jobs``, by key, run by the study's executor and stored as they
+    finish under the scale and :func:`measurement_digest` of ``plan`` and ``measuring``. Solves are timed:
+    the local executor runs them one at a time unless ``--workers`` says otherwise."""
+    return ctx.run_jobs(jobs, salt=f"{ctx.scale}-{measurement_digest(plan, measuring)}")
+
+
+def job_key(text: str) -> str:
+    """``text`` (e.g. a network's ``2x25|plain|0|lp|0``) as a job key: safe in a file name."""
+    return re.sub(r"[^A-Za-z0-9.=+,-]+", "_", text)
+
+
 class RecordCache:
-    """Per-network results appended to a JSON-lines file as they are measured (see module docstring)."""
+    """Per-network results appended to a JSON-lines file as they are measured.
+
+    Superseded by :func:`run_measurements` (the shared job store); kept while a study on another branch
+    (``vnncomp``) still uses it.
+    """
 
     def __init__(self, ctx: StudyContext, plan: Any, measuring: Sequence[Callable[..., Any] | type] = ()) -> None:
         """``measuring``: the study's own measuring code, hashed with the plan (:func:`measurement_digest`)."""
@@ -332,5 +371,5 @@ def _json_default(obj: Any) -> Any:
 # What measurement_digest hashes besides the plan and the library: the code here that measures.
 MEASURING: tuple[Callable[..., Any] | type, ...] = (
     Lever, Plan, NetworkSpec, arch_label, prepare, bound_indicators, solve_all, _list, region_count,
-    train_regressor, run_box_problem, _indicators_of,
+    train_regressor, run_box_problem, measure_network, _indicators_of,
 )

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from structlab.errors import DataNotFoundError
+from structlab.jobs import Job
 from structlab.relumip.bounds import lp_bounds
 from structlab.relumip.network import ReluNetwork
 from structlab.relumip.omlt_compare import solve_with_omlt
@@ -22,7 +23,14 @@ from structlab.relumip.studies.analysis import (
     verdict_summary,
 )
 from structlab.relumip.studies.figures import performance_profile, pyplot
-from structlab.relumip.studies.measure import PLAIN, RecordCache, arch_label, one_thread, train_regressor
+from structlab.relumip.studies.measure import (
+    PLAIN,
+    arch_label,
+    job_key,
+    one_thread,
+    run_measurements,
+    train_regressor,
+)
 from structlab.relumip.training import TrainConfig
 from structlab.reproduce import StudyContext, study
 from structlab.results import Claim, StudyResult, Table
@@ -67,19 +75,17 @@ PLANS = {
 def omlt_study(ctx: StudyContext) -> StudyResult:
     plan = PLANS[ctx.scale]
     problems, sources = head_to_head_problems(plan)
-    cache = RecordCache(ctx, plan, MEASURING)
+    cases = [(f"{name}|{seed}|{inst.name}", name, seed, net, inst) for name, net, insts, seed in problems
+             for inst in insts]
+    jobs = [Job(job_key(key), measure_head_to_head, {"net": net, "inst": inst, "time_limit": plan.time_limit},
+                identity=key) for key, _, _, net, inst in cases]
     records = []
-    for name, net, insts, seed in problems:
-        for inst in insts:
-            key = f"{name}|{seed}|{inst.name}"
-            rec = cache.get(key)
-            if rec is None:
-                rec = {"problem": name, "seed": seed, "instance": inst.name,
-                       **measure_head_to_head(net, inst, plan.time_limit)}
-                cache.put(key, rec)
-            ctx.log(f"{key}: OMLT {rec['omlt']['status']} {rec['omlt']['seconds']:.1f} s, structlab LP "
-                    f"{rec['lp']['status']} {rec['lp']['seconds']:.1f} s")
-            records.append(rec)
+    for (key, name, seed, _, inst), measured in zip(cases, run_measurements(ctx, plan, jobs, MEASURING).values(),
+                                                    strict=True):
+        rec = {"problem": name, "seed": seed, "instance": inst.name, **measured}
+        ctx.log(f"{key}: OMLT {rec['omlt']['status']} {rec['omlt']['seconds']:.1f} s, structlab LP "
+                f"{rec['lp']['status']} {rec['lp']['seconds']:.1f} s")
+        records.append(rec)
     claims, metrics = omlt_claims(records, plan)
     rows = []
     for name in dict.fromkeys(r["problem"] for r in records):

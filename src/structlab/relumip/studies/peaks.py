@@ -4,6 +4,7 @@ architecture."""
 
 from __future__ import annotations
 
+import functools
 import math
 from pathlib import Path
 from typing import Any
@@ -66,14 +67,9 @@ def peaks_study(ctx: StudyContext) -> StudyResult:
     ds = peaks.dataset(**plan.data)
     minimum, argmin = peaks.true_minimum()
     inst = peaks.instance()
-
-    def regret(net: ReluNetwork, recs: list[dict[str, Any]]) -> dict[str, Any]:
-        found = [r for r in recs if r["x"] is not None and r["solved"]]
-        return {"regret": float(np.median([peaks.regret(np.array(r["x"]), minimum) for r in found])) if found else None}
-
     narrow = {h for h in plan.architectures if h[0] <= 25} | {plan.lever_architecture}
     entries = run_box_problem(ctx, plan, ds, inst, exact_regions=lambda h: h in narrow and len(h) <= 3,
-                              extra=regret)
+                              extra=functools.partial(_regret, minimum=minimum))
     lever_arch = arch_label(plan.lever_architecture)
     sweep = [e for e in entries if e["lever"] == "plain"]
 
@@ -162,6 +158,11 @@ def peaks_study(ctx: StudyContext) -> StudyResult:
                  **stored_measurements(entries)},
         tables=tables, figures=figures, claims=claims,
     )
+
+
+def _regret(net: ReluNetwork, recs: list[dict[str, Any]], minimum: float) -> dict[str, Any]:
+    found = [r for r in recs if r["x"] is not None and r["solved"]]
+    return {"regret": float(np.median([peaks.regret(np.array(r["x"]), minimum) for r in found])) if found else None}
 
 
 def _log_growth(sweep: list[dict[str, Any]]) -> dict[str, dict[str, float]]:

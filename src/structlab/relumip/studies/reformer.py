@@ -46,24 +46,24 @@ PLANS = {
 }
 
 
+def _optimum(net: ReluNetwork, recs: list[dict[str, Any]]) -> dict[str, Any]:
+    found = next((r for r in recs if r["solved"] and r["method"] == "lp"), None)
+    if found is None:
+        return {"optimum": None}
+    x = np.array(found["x"])
+    y, sim = net(x), reformer.simulated(x)
+    return {"optimum": {"bypass": float(x[0]), "ng_steam_ratio": float(x[1]), "h2": float(y[reformer.H2]),
+                        "n2": float(y[reformer.N2]), "h2_simulated": float(sim[reformer.H2]),
+                        "n2_simulated": float(sim[reformer.N2])}}
+
+
 @study("relumip", "reformer", title="Autothermal reformer (OMLT's example): maximise H2 under the N2 limit")
 @one_thread
 def reformer_study(ctx: StudyContext) -> StudyResult:
     plan = PLANS[ctx.scale]
     ds = reformer.dataset(seed=0)
     inst = reformer.instance(ds)
-
-    def optimum(net: ReluNetwork, recs: list[dict[str, Any]]) -> dict[str, Any]:
-        found = next((r for r in recs if r["solved"] and r["method"] == "lp"), None)
-        if found is None:
-            return {"optimum": None}
-        x = np.array(found["x"])
-        y, sim = net(x), reformer.simulated(x)
-        return {"optimum": {"bypass": float(x[0]), "ng_steam_ratio": float(x[1]), "h2": float(y[reformer.H2]),
-                            "n2": float(y[reformer.N2]), "h2_simulated": float(sim[reformer.H2]),
-                            "n2_simulated": float(sim[reformer.N2])}}
-
-    entries = run_box_problem(ctx, plan, ds, inst, exact_regions=lambda h: True, extra=optimum)
+    entries = run_box_problem(ctx, plan, ds, inst, exact_regions=lambda h: True, extra=_optimum)
     arch = arch_label(plan.lever_architecture)
     plain = [e for e in entries if e["lever"] == "plain"]
     claims, mstats = method_claims(plain, plan.time_limit)

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from structlab.errors import DataNotFoundError
+from structlab.jobs import Job
 from structlab.relumip.network import ReluNetwork
 from structlab.relumip.problems import Dataset, Instance, verification
 from structlab.relumip.studies.analysis import (
@@ -29,11 +30,13 @@ from structlab.relumip.studies.figures import performance_profile, trade_off_fig
 from structlab.relumip.studies.measure import (
     PLAIN,
     Lever,
-    RecordCache,
     arch_label,
+    job_key,
     levers,
+    log_unsolved,
     one_thread,
     region_count,
+    run_measurements,
     solve_all,
 )
 from structlab.relumip.training import TrainConfig
@@ -94,17 +97,18 @@ def verification_study(ctx: StudyContext) -> StudyResult:
     nets, info = train_verification_networks(ds, plan, ctx.log)
     images = verification.pick_images(ds, list(nets.values()), plan.n_images, seed=0)
     insts = verification.instances(ds, images, plan.epsilons)
-    cache = RecordCache(ctx, plan, MEASURING)
     entries = []
     main_arch = arch_label(plan.hidden)
-    for i, (key, net) in enumerate(nets.items()):
+    jobs = []
+    for key, net in nets.items():
         methods = ("interval", "lp") if key[:2] == (main_arch, "plain") else ("lp",)
-        cache_key = f"{'|'.join(map(str, key))}|{','.join(methods)}|{images.tolist()}"
-        entry = cache.get(cache_key)
-        if entry is None:
-            entry = {**info[key], "solves": measure_verification(net, insts, methods, plan, ctx.log)}
-            cache.put(cache_key, entry)
-        entry = {**info[key], "solves": entry["solves"]}  # errors are remeasured, solves resumed
+        name = f"{'|'.join(map(str, key))}|{','.join(methods)}"
+        jobs.append(Job(job_key(name), measure_verification, {"net": net, "insts": insts, "methods": methods,
+                                                              "plan": plan}, identity=f"{name}|{images.tolist()}"))
+    outcomes = run_measurements(ctx, plan, jobs, MEASURING)
+    for i, (key, solved) in enumerate(zip(nets, outcomes.values(), strict=True)):
+        entry = {**info[key], "solves": solved["solves"]}  # errors are remeasured, solves resumed
+        log_unsolved(ctx, entry["solves"])
         n_solved = sum(s["solved"] for s in entry["solves"])
         ctx.log(f"[{i + 1}/{len(nets)}] {key}: solved {n_solved}/{len(entry['solves'])}")
         entries.append(entry)
@@ -181,15 +185,15 @@ def train_verification_networks(
 
 def measure_verification(
     net: ReluNetwork, insts: Sequence[Instance], methods: Sequence[str], plan: VerificationPlan,
-    log: Callable[[str], None] | None = None,
-) -> list[dict[str, Any]]:
-    """Solve every ball with every method; with LP bounds also run a PGD attack and sample the ball's regions."""
-    recs = solve_all(net, insts, methods, (plan.solver_seed,), plan.time_limit, log)
+) -> dict[str, list[dict[str, Any]]]:
+    """Solve every ball with every method; with LP bounds also run a PGD attack and sample the ball's regions.
+    One job of the study: ``{"solves": records}``."""
+    recs = solve_all(net, insts, methods, (plan.solver_seed,), plan.time_limit)
     for rec, inst in zip(recs, [inst for inst in insts for _ in methods], strict=True):
         rec["attack"] = verification.attack(net, inst, seed=0) if rec["method"] == "lp" else None
         if rec["method"] == "lp":
             rec.update(region_count(net, inst.lower, inst.upper, plan.region_samples))
-    return recs
+    return {"solves": recs}
 
 
 def _verification_claims(
