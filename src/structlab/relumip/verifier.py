@@ -1,0 +1,354 @@
+"""Complete verification of a VNN-LIB property: attack first, then bounds, an LP screen and MILPs.
+
+``verify(net, prop)`` answers "holds" (the unsafe set is empty: proven), "violated" (a counterexample,
+checked by a forward pass of onnxruntime on the original ONNX file), "timeout" or "unknown". For each
+input box of the property (its disjuncts share the box's bounds):
+
+1. :func:`~structlab.relumip.attack.attack`: random samples and projected gradient steps; a point with
+   negative margin is checked and returned at once.
+2. Sound pre-activation bounds on the box (:func:`lp_bounds` by default).
+3. LP screen: for every row ``a . [x; y] <= b`` of a disjunct, a rigorous lower bound on ``a . [x; y]``
+   over the LP relaxation (weak duality from the LP's duals, as in :mod:`bounds`); a row whose bound
+   exceeds ``b`` empties its disjunct.
+4. MILP on what is left, minimising the margin ``t >= A [x; y] - b`` (``t >= -delta``), warm-started from
+   the attack's best point: one MILP per disjunct ("split", sharing the bounds) or one MILP with an
+   indicator binary per disjunct ("indicator"). A disjunct is empty when the solver's dual bound exceeds
+   ``tau`` (a margin well above the solver's tolerances); a solution with margin < 0 is a candidate
+   counterexample, reported only after the onnxruntime check.
+
+Zero wrong answers is the design rule: "holds" needs every disjunct closed by a rigorous LP bound or a
+MILP dual bound above ``tau``; "violated" needs an input inside the box (after rounding to the ONNX input
+type) whose onnxruntime outputs satisfy the disjunct's rows exactly.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+from structlab.relumip.attack import AttackResult, attack
+from structlab.relumip.network import ReluNetwork
+from structlab.relumip.vnnlib import Disjunct, Property
+
+Result = Literal["holds", "violated", "timeout", "unknown"]
+Disjunctions = Literal["split", "indicator"]
+DISJUNCTIONS: tuple[str, ...] = ("split", "indicator")
+DELTA = 1e-3  # the MILP stops looking deeper than margin -DELTA: a counterexample with room for float32
+TAU = 1e-4  # a MILP dual bound must exceed this (absolute, plus TAU * |b|) to close a disjunct
+
+
+@dataclass
+class Verdict:
+    """The answer to one verification query.
+
+    ``result``: "holds" | "violated" | "timeout" | "unknown"; ``counterexample``: the input x (n_in,) for
+    "violated" (else None) and ``output`` its outputs from the checking forward pass; ``seconds``: wall
+    time. ``stage`` says what decided it ("attack", "lp", "milp", or "" when undecided); ``details``
+    counts disjuncts closed per stage, solver nodes and times.
+    """
+
+    result: Result
+    counterexample: np.ndarray | None
+    seconds: float
+    output: np.ndarray | None = None
+    stage: str = ""
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """``{"result", "counterexample", "seconds", ...}`` (the CLI's contract, plus stage and details)."""
+        return {
+            "result": self.result,
+            "counterexample": None if self.counterexample is None else self.counterexample.tolist(),
+            "seconds": self.seconds,
+            "output": None if self.output is None else self.output.tolist(),
+            "stage": self.stage,
+            "details": self.details,
+        }
+
+    def results_file_text(self) -> str:
+        """The VNN-COMP result file: the answer on the first line (2021's words) and, for "violated", the
+        counterexample as ``((X_0 v) ... (Y_0 v) ...)``, which the competition's checker reads."""
+        lines = [self.result]
+        if self.result == "violated" and self.counterexample is not None and self.output is not None:
+            pairs = [f"(X_{i} {float(v)!r})" for i, v in enumerate(self.counterexample)]
+            pairs += [f"(Y_{j} {float(v)!r})" for j, v in enumerate(self.output)]
+            lines.append("(" + "\n ".join(pairs) + ")")
+        return "\n".join(lines) + "\n"
+
+
+class _Checker:
+    """Checks candidate counterexamples: onnxruntime on the ONNX model, or the network's forward pass."""
+
+    def __init__(self, net: ReluNetwork, model: Any | None, input_name: str = "",
+                 input_shape: tuple[int, ...] = (), dtype: np.dtype | None = None) -> None:
+        self.net = net
+        self.session = None
+        if model is not None:
+            import onnxruntime as ort
+
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = options.inter_op_num_threads = 1
+            self.session = ort.InferenceSession(model.SerializeToString(), options,
+                                                providers=["CPUExecutionProvider"])
+            self.input_name, self.input_shape, self.dtype = input_name, input_shape, dtype
+
+    def rounded(self, x: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> np.ndarray:
+        """``x`` as the ONNX input type represents it, kept inside ``[lower, upper]``."""
+        if self.session is None or self.dtype == np.float64:
+            return np.clip(x, lower, upper)
+        xr = np.clip(x, lower, upper).astype(self.dtype)
+        xr = np.where(xr.astype(np.float64) > upper, np.nextafter(xr, -np.inf, dtype=self.dtype), xr)
+        xr = np.where(xr.astype(np.float64) < lower, np.nextafter(xr, np.inf, dtype=self.dtype), xr)
+        return xr.astype(np.float64)
+
+    def outputs(self, x: np.ndarray) -> np.ndarray:
+        if self.session is None:
+            return self.net.forward(x)
+        feed = np.asarray(x, dtype=self.dtype).reshape(self.input_shape)
+        return np.asarray(self.session.run(None, {self.input_name: feed})[0], dtype=np.float64).reshape(-1)
+
+    def confirm(self, x: np.ndarray, disjunct: Disjunct) -> tuple[np.ndarray, np.ndarray] | None:
+        """``(x, y)`` if the rounded ``x`` is a counterexample by the checking forward pass, else None."""
+        xr = self.rounded(x, disjunct.lower, disjunct.upper)
+        y = self.outputs(xr)
+        return (xr, y) if disjunct.contains(xr, y) else None
+
+
+def _load(net: ReluNetwork | str | os.PathLike[str] | Any) -> tuple[ReluNetwork, _Checker, str]:
+    if isinstance(net, ReluNetwork):
+        return net, _Checker(net, None), repr(net)
+    import onnx
+
+    from structlab.relumip.onnx_import import read_onnx
+
+    if isinstance(net, (str, os.PathLike)):
+        if not os.path.isfile(net):
+            raise FileNotFoundError(f"net: {os.fspath(net)} does not exist")
+        proto, name = onnx.load(os.fspath(net)), os.path.basename(os.fspath(net))
+    elif isinstance(net, onnx.ModelProto):
+        proto, name = net, net.graph.name or "model"
+    else:
+        raise TypeError(f"net: {type(net).__name__}; expected a ReluNetwork, an ONNX path or an onnx.ModelProto")
+    parsed = read_onnx(proto)
+    relu_net = ReluNetwork(parsed.layers)
+    checker = _Checker(relu_net, proto, parsed.input_name, parsed.input_shape, parsed.input_dtype)
+    return relu_net, checker, f"{name} (input shape {parsed.input_shape}, output shape {parsed.output_shape})"
+
+
+def verify(
+    net: ReluNetwork | str | os.PathLike[str] | Any,
+    prop: Property,
+    time_limit: float | None = None,
+    *,
+    disjunctions: Disjunctions = "split",
+    bounds: str = "lp",
+    warm_start: bool = True,
+    run_attack: bool = True,
+    solver: str = "highs",
+    threads: int = 1,
+    seed: int = 0,
+) -> Verdict:
+    """Decide whether the unsafe set of ``prop`` is empty for ``net`` (module docstring).
+
+    ``net``: a :class:`ReluNetwork`, or an ONNX file / ``onnx.ModelProto`` (then counterexamples are
+    checked by onnxruntime on it); ``prop``: a :class:`~structlab.relumip.vnnlib.Property`;
+    ``time_limit``: seconds for the whole query (None: none). ``disjunctions``: "split" (one MILP per
+    disjunct) or "indicator" (one MILP); ``bounds``: "interval" or "lp"; ``warm_start``: seed each MILP
+    with the attack's best point. Raises ``ValueError`` when the network's input or output size differs
+    from the property's X/Y count, or for a bad argument.
+    """
+    t0 = time.perf_counter()
+    if not isinstance(prop, Property):
+        raise TypeError(f"prop: {type(prop).__name__}; expected a Property (read_vnnlib(path))")
+    if time_limit is not None and not time_limit > 0:
+        raise ValueError(f"time_limit={time_limit!r}: expected a positive number of seconds or None")
+    if disjunctions not in DISJUNCTIONS:
+        raise ValueError(f"disjunctions={disjunctions!r}: expected one of {DISJUNCTIONS}")
+    if bounds not in ("interval", "lp"):
+        raise ValueError(f"bounds={bounds!r}: expected 'interval' or 'lp'")
+    relu_net, checker, name = _load(net)
+    if relu_net.input_dim != prop.n_inputs or relu_net.output_dim != prop.n_outputs:
+        raise ValueError(
+            f"network {name} has {relu_net.input_dim} inputs and {relu_net.output_dim} outputs, but property "
+            f"{prop.source or ''} declares {prop.n_inputs} X_i and {prop.n_outputs} Y_j"
+        )
+    deadline = math.inf if time_limit is None else t0 + time_limit
+    query = _Query(relu_net, checker, deadline, disjunctions, bounds, warm_start, solver, threads, seed)
+    verdict = query.run(prop, run_attack)
+    verdict.seconds = time.perf_counter() - t0
+    return verdict
+
+
+class _Query:
+    def __init__(self, net: ReluNetwork, checker: _Checker, deadline: float, disjunctions: str, bounds: str,
+                 warm_start: bool, solver: str, threads: int, seed: int) -> None:
+        self.net, self.checker, self.deadline = net, checker, deadline
+        self.disjunctions, self.bounds, self.warm_start = disjunctions, bounds, warm_start
+        self.solver, self.threads, self.seed = solver, threads, seed
+        self.details: dict[str, Any] = {"disjuncts": 0, "closed_lp": 0, "closed_milp": 0, "milps": 0,
+                                        "nodes": 0, "attack_seconds": 0.0, "bounds_seconds": 0.0, "lp_seconds": 0.0,
+                                        "milp_seconds": 0.0}
+
+    def left(self) -> float:
+        return self.deadline - time.perf_counter()
+
+    def verdict(self, result: Result, stage: str = "", x: np.ndarray | None = None,
+                y: np.ndarray | None = None) -> Verdict:
+        return Verdict(result, x, 0.0, y, stage, self.details)
+
+    def run(self, prop: Property, run_attack: bool) -> Verdict:
+        self.details["disjuncts"] = len(prop.disjuncts)
+        attacks: dict[int, AttackResult] = {}
+        # 1. attack every disjunct first: a counterexample anywhere ends the query
+        if run_attack:
+            t = time.perf_counter()
+            budget = time.perf_counter() + min(max(self.left(), 0.0) * 0.1, 10.0)
+            for k, d in enumerate(prop.disjuncts):
+                attacks[k] = attack(self.net, d, seed=self.seed + k, deadline=budget)
+                if attacks[k].margin < 0 and (found := self.checker.confirm(attacks[k].x, d)):
+                    self.details["attack_seconds"] = time.perf_counter() - t
+                    return self.verdict("violated", "attack", *found)
+            self.details["attack_seconds"] = time.perf_counter() - t
+        undecided = False
+        for lower, upper, ks in prop.boxes():
+            if self.left() <= 0:
+                return self.verdict("timeout")
+            outcome = self.box(lower, upper, [prop.disjuncts[k] for k in ks], [attacks.get(k) for k in ks])
+            if isinstance(outcome, Verdict):
+                return outcome
+            undecided |= outcome
+        return self.verdict("unknown" if undecided else "holds", "" if undecided else self.stage())
+
+    def stage(self) -> str:
+        return "milp" if self.details["closed_milp"] else "lp"
+
+    # ---------------------------------------------------------------------------------- one box
+    def box(self, lower: np.ndarray, upper: np.ndarray, ds: list[Disjunct],
+            attacks: list[AttackResult | None]) -> Verdict | bool:
+        """Close every disjunct on this box: returns a Verdict (violated/timeout) or whether any stayed open."""
+        from structlab.relumip.bounds import interval_bounds, lp_bounds
+
+        t = time.perf_counter()
+        method = lp_bounds if self.bounds == "lp" else interval_bounds
+        b = method(self.net, lower, upper, **({"n_jobs": 1} if self.bounds == "lp" else {}))
+        self.details["bounds_seconds"] += time.perf_counter() - t
+        t = time.perf_counter()
+        open_ = [k for k, closed in enumerate(self.lp_closes(b, ds)) if not closed]
+        self.details["lp_seconds"] += time.perf_counter() - t
+        self.details["closed_lp"] += len(ds) - len(open_)
+        if not open_:
+            return False
+        if self.left() <= 0:
+            return self.verdict("timeout")
+        # most promising (smallest attack margin) first: a counterexample there ends the query
+        open_.sort(key=lambda k: attacks[k].margin if attacks[k] is not None else 0.0)
+        groups = [[k] for k in open_] if self.disjunctions == "split" else [open_]
+        undecided = False
+        for group in groups:
+            if self.left() <= 0:
+                return self.verdict("timeout")
+            outcome = self.milp(b, [ds[k] for k in group], [attacks[k] for k in group])
+            if isinstance(outcome, Verdict):
+                return outcome
+            undecided |= outcome
+        return undecided
+
+    def lp_closes(self, b: Any, ds: list[Disjunct]) -> list[bool]:
+        """For each disjunct: is some row infeasible over the LP relaxation (a rigorous dual bound)?"""
+        from structlab.relumip.bounds import RowBounds
+        from structlab.relumip.formulation import encode_layer
+        from structlab.relumip.model import Model
+
+        folded = self.net.folded()
+        n_in = self.net.input_dim
+        model = Model()
+        x = model.add_variables(n_in, b.input_lower, b.input_upper, name="x")
+        h = x
+        for k, layer in enumerate(folded.hidden):
+            h = encode_layer(model, h, layer, b.lower[k], b.upper[k], relax=True, name=f"l{k}").h
+        out = folded.layers[-1]
+        solver = RowBounds(model, np.concatenate([x, h]), mip=False, time_limit=None)
+        closed = []
+        for d in ds:
+            # a . [x; y] with y = W h + c: coefficients on [x; h] and a constant
+            rows = np.concatenate([d.A[:, :n_in], d.A[:, n_in:] @ out.weight], axis=1)
+            const = d.A[:, n_in:] @ out.bias
+            empty = False
+            for i in range(rows.shape[0]):
+                if self.left() <= 0:
+                    break
+                lo, _, _ = solver(rows[i:i + 1])
+                if lo[0] + const[i] > d.b[i]:
+                    empty = True
+                    break
+            closed.append(empty)
+        return closed
+
+    def milp(self, b: Any, ds: list[Disjunct], attacks: list[AttackResult | None]) -> Verdict | bool:
+        """Minimise the margin over the disjuncts ``ds`` in one MILP; returns a Verdict or 'still open'."""
+        from structlab.relumip.formulation import Formulation
+
+        form = Formulation(self.net, b.input_lower, b.input_upper, b)
+        zcols = np.concatenate([form.x, form.y])
+        t = form.add_variables(1, -DELTA, math.inf, name="t")[0]
+        indicator = len(ds) > 1
+        s = form.add_variables(len(ds), 0.0, 1.0, integer=True, name="s") if indicator else None
+        zlo = np.concatenate([b.input_lower, b.lower[-1]])
+        zhi = np.concatenate([b.input_upper, b.upper[-1]])
+        for k, d in enumerate(ds):
+            for i in range(d.b.size):
+                a = d.A[i]
+                if indicator:  # a.z - b - t <= M (1 - s_k), M = max of a.z - b + DELTA over the bounds
+                    big_m = float(np.maximum(a * zlo, a * zhi).sum() - d.b[i] + DELTA)
+                    form.add_constraint(np.concatenate([zcols, [t, s[k]]]), np.concatenate([a, [-1.0, big_m]]),
+                                        upper=float(d.b[i]) + big_m)
+                else:  # t >= a.z - b
+                    form.add_constraint(np.concatenate([zcols, [t]]), np.concatenate([a, [-1.0]]),
+                                        upper=float(d.b[i]))
+        if indicator:
+            form.add_constraint(s, np.ones(len(ds)), lower=1.0)
+        form.set_objective([t], [1.0], "min")
+        start = None
+        best = min((r for r in attacks if r is not None), key=lambda r: r.margin, default=None)
+        if self.warm_start and best is not None:
+            start = form.point(best.x)
+            start[t] = max(best.margin, -DELTA) + 1e-9
+            if indicator:
+                k_best = min(range(len(ds)), key=lambda k: attacks[k].margin if attacks[k] else math.inf)
+                start[s] = 0.0
+                start[s[k_best]] = 1.0
+        sol = self.solve(form, start)
+        self.details["milps"] += 1
+        self.details["nodes"] += sol.nodes
+        self.details["milp_seconds"] += sol.seconds
+        if sol.x is not None:
+            for d in ds:
+                m = float(d.margin(sol.x[None], self.net.forward(sol.x[None]))[0])
+                if m < 0 and (found := self.checker.confirm(sol.x, d)):
+                    return self.verdict("violated", "milp", *found)
+        tau = TAU * (1.0 + max(float(np.abs(d.b).max(initial=0.0)) for d in ds))
+        if sol.bound > tau:
+            self.details["closed_milp"] += len(ds)
+            return False
+        if sol.status != "optimal":
+            return self.verdict("timeout")
+        return True  # solved, but the optimum is within the tolerance of the boundary: cannot decide
+
+    def solve(self, form: Any, start: np.ndarray | None) -> Any:
+        """Solve ``form`` within the time left; ``start`` is a full warm-start vector (or None)."""
+        from structlab.relumip.formulation import Solution
+        from structlab.relumip.solvers import SolverOptions, solve
+
+        options = SolverOptions(max(self.left(), 1e-3), 1e-6, self.threads, self.seed)
+        result = solve(form.model, self.solver, options, start)
+        x = y = None
+        if result.values is not None:
+            x = np.clip(result.values[form.x], form.lower, form.upper)
+            y = form.net(x)
+        return Solution(result.status, x, y, result.objective, result.bound, result.gap, result.seconds,
+                        result.nodes, result.solver, result.objective, result.values)
