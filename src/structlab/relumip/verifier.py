@@ -32,7 +32,12 @@ from typing import Any, Literal
 import numpy as np
 
 from structlab.relumip.attack import AttackResult, attack
+from structlab.relumip.bigm import encode_layer
+from structlab.relumip.bounds import RowBounds, interval_bounds, lp_bounds
+from structlab.relumip.formulation import Formulation, Solution
+from structlab.relumip.model import Model
 from structlab.relumip.network import ReluNetwork
+from structlab.relumip.solvers import SolverOptions, solve
 from structlab.relumip.vnnlib import Disjunct, Property
 
 Result = Literal["holds", "violated", "timeout", "unknown"]
@@ -231,7 +236,6 @@ class _Query:
     def box(self, lower: np.ndarray, upper: np.ndarray, ds: list[Disjunct],
             attacks: list[AttackResult | None]) -> Verdict | bool:
         """Close every disjunct on this box: returns a Verdict (violated/timeout) or whether any stayed open."""
-        from structlab.relumip.bounds import interval_bounds, lp_bounds
 
         t = time.perf_counter()
         method = lp_bounds if self.bounds == "lp" else interval_bounds
@@ -260,9 +264,6 @@ class _Query:
 
     def lp_closes(self, b: Any, ds: list[Disjunct]) -> list[bool]:
         """For each disjunct: is some row infeasible over the LP relaxation (a rigorous dual bound)?"""
-        from structlab.relumip.bounds import RowBounds
-        from structlab.relumip.formulation import encode_layer
-        from structlab.relumip.model import Model
 
         folded = self.net.folded()
         n_in = self.net.input_dim
@@ -291,7 +292,6 @@ class _Query:
 
     def milp(self, b: Any, ds: list[Disjunct], attacks: list[AttackResult | None]) -> Verdict | bool:
         """Minimise the margin over the disjuncts ``ds`` in one MILP; returns a Verdict or 'still open'."""
-        from structlab.relumip.formulation import Formulation
 
         form = Formulation(self.net, b.input_lower, b.input_upper, b)
         zcols = np.concatenate([form.x, form.y])
@@ -341,8 +341,6 @@ class _Query:
 
     def solve(self, form: Any, start: np.ndarray | None) -> Any:
         """Solve ``form`` within the time left; ``start`` is a full warm-start vector (or None)."""
-        from structlab.relumip.formulation import Solution
-        from structlab.relumip.solvers import SolverOptions, solve
 
         options = SolverOptions(max(self.left(), 1e-3), 1e-6, self.threads, self.seed)
         result = solve(form.model, self.solver, options, start)
