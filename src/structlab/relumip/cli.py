@@ -94,6 +94,11 @@ def register(subparsers: Any) -> None:
     solve.add_argument("--gap", type=float, default=1e-6, help="relative optimality gap")
     solve.add_argument("--threads", type=int, default=1)
     solve.add_argument("--seed", type=int, default=0, help="the solver's random seed")
+    solve.add_argument("--warm-start", action=argparse.BooleanOptionalAction, default=True,
+                       help="start the solver from the best feasible point among --start-points, the box "
+                            "centre and 256 samples")
+    solve.add_argument("--start-points", type=Path, metavar="FILE.npy",
+                       help="candidate inputs for the warm start, one per row (e.g. the training data)")
     solve.add_argument("--json", action="store_true")
     solve.set_defaults(func=_solve)
 
@@ -384,12 +389,22 @@ def _solve(args: argparse.Namespace) -> int:
     instance = _instance(args, net, lower, upper)
     form = Formulation(net, lower, upper, args.bounds)
     encode(form, instance)
+    start = None
+    if args.warm_start:
+        from structlab.relumip.problems import feasible_start
+
+        candidates = None if args.start_points is None else np.load(args.start_points, allow_pickle=False)
+        if candidates is not None and (candidates.ndim != 2 or candidates.shape[1] != net.input_dim):
+            raise ValueError(f"--start-points {args.start_points}: shape {candidates.shape}; expected "
+                             f"(rows, {net.input_dim})")
+        start = feasible_start(net, instance, candidates, seed=args.seed)
     sol = form.solve(solver=args.solver, time_limit=args.time_limit, gap=args.gap, threads=args.threads,
-                     seed=args.seed)
+                     seed=args.seed, warm_start=start)
     value = None if sol.x is None else instance.evaluate(net, sol.x)
     out = {"status": sol.status, "objective": value, "bound": sol.bound, "gap": sol.gap, "seconds": sol.seconds,
            "bounds_seconds": form.bounds.seconds, "nodes": sol.nodes, "solver": sol.solver,
-           "binaries": form.num_binaries, "x": None if sol.x is None else sol.x.tolist(),
+           "binaries": form.num_binaries, "warm_start": start is not None,
+           "x": None if sol.x is None else sol.x.tolist(),
            "y": None if sol.y is None else sol.y.tolist(),
            "violation": None if sol.x is None else instance.violation(net, sol.x)}
     if args.json:
