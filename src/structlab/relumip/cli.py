@@ -167,7 +167,7 @@ def register(subparsers: Any) -> None:
             structlab relumip study omlt --scale full --results /tmp/results
         """,
     )
-    run.add_argument("name", choices=("peaks", "verification", "reformer", "omlt"))
+    run.add_argument("name", choices=("peaks", "verification", "reformer", "omlt", "vnncomp"))
     run.add_argument("--scale", choices=("quick", "full"), default="quick")
     run.add_argument("--force", action="store_true", help="rerun even if the results are current")
     run.add_argument("--results", type=Path, default=Path("results"))
