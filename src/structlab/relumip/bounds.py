@@ -137,15 +137,22 @@ def lp_bounds(
     lower: np.ndarray | Sequence[float],
     upper: np.ndarray | Sequence[float],
     n_jobs: int | None = None,
+    start: Bounds | None = None,
+    deadline: float | None = None,
 ) -> Bounds:
     """LP-based bound tightening (module docstring), layer by layer, starting from interval bounds.
 
     ``n_jobs``: processes to spread each layer's LPs over (default: the available cores; a layer whose
     measured work would not pay for them is solved in this process, see ``_Workers._pool_size``).
-    Raises ``ValueError`` for a bad box.
+    ``start``: sound bounds on the same box to begin from (e.g. :func:`~structlab.relumip.crown.crown_bounds`:
+    fewer unstable neurons to tighten); ``deadline``: a ``time.perf_counter()`` value after which no further
+    layer is tightened (the bounds stay sound, only looser). Raises ``ValueError`` for a bad box.
     """
-    start = interval_bounds(net, lower, upper)
-    return _tighten(net, start, mip=False, time_limit=None, n_jobs=n_jobs, method="lp")
+    lo, hi = check_box(net, lower, upper)
+    start = start or interval_bounds(net, lo, hi)
+    if not (np.array_equal(start.input_lower, lo) and np.array_equal(start.input_upper, hi)):
+        raise ValueError("start: bounds computed for another input box; expected the same [lower, upper]")
+    return _tighten(net, start, mip=False, time_limit=None, n_jobs=n_jobs, method="lp", deadline=deadline)
 
 
 def milp_bounds(
@@ -192,7 +199,8 @@ def stable_fraction(net: ReluNetwork, bounds: Bounds) -> float:
 
 # ------------------------------------------------------------------------------------------ OBBT
 def _tighten(
-    net: ReluNetwork, start: Bounds, mip: bool, time_limit: float | None, n_jobs: int | None, method: str
+    net: ReluNetwork, start: Bounds, mip: bool, time_limit: float | None, n_jobs: int | None, method: str,
+    deadline: float | None = None,
 ) -> Bounds:
     t0 = time.perf_counter()
     n_jobs = runtime.cpu_count() if n_jobs is None else n_jobs
@@ -203,6 +211,8 @@ def _tighten(
     problems = 0
     with _Workers(n_jobs) as workers:
         for l in range(1, len(folded.layers)):
+            if deadline is not None and time.perf_counter() > deadline:
+                break  # the layers left keep their (sound) start bounds
             model = Model()
             h = model.add_variables(net.input_dim, start.input_lower, start.input_upper, name="x")
             for k in range(l):

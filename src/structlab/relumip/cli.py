@@ -151,7 +151,9 @@ def register(subparsers: Any) -> None:
                              "counterexample ((X_0 v) ... (Y_0 v) ...) for violated")
     verify.add_argument("--disjunctions", choices=("split", "indicator"), default="split",
                         help="one MILP per disjunct (split) or one MILP with an indicator binary per disjunct")
-    verify.add_argument("--bounds", choices=("interval", "lp"), default="lp")
+    verify.add_argument("--bounds", choices=("interval", "crown", "lp"), default="lp",
+                        help="pre-activation bounds: interval arithmetic, back-substitution (crown), or crown "
+                             "then LP tightening (lp)")
     verify.add_argument("--warm-start", action=argparse.BooleanOptionalAction, default=True,
                         help="seed the MILPs with the attack's best point")
     verify.add_argument("--attack", action=argparse.BooleanOptionalAction, default=True,

@@ -6,7 +6,9 @@ input box of the property (its disjuncts share the box's bounds):
 
 1. :func:`~structlab.relumip.attack.attack`: random samples and projected gradient steps; a point with
    negative margin is checked and returned at once.
-2. Sound pre-activation bounds on the box (:func:`lp_bounds` by default).
+2. Sound pre-activation bounds on the box: back-substitution (:func:`~structlab.relumip.crown.crown_bounds`),
+   which alone closes a disjunct whose rows it bounds above their right-hand side, then LP tightening
+   (:func:`lp_bounds`) for at most ``LP_SHARE`` of the time left.
 3. LP screen: for every row ``a . [x; y] <= b`` of a disjunct, a rigorous lower bound on ``a . [x; y]``
    over the LP relaxation (weak duality from the LP's duals, as in :mod:`bounds`); a row whose bound
    exceeds ``b`` empties its disjunct.
@@ -34,6 +36,7 @@ import numpy as np
 from structlab.relumip.attack import AttackResult, attack
 from structlab.relumip.bigm import encode_layer
 from structlab.relumip.bounds import RowBounds, interval_bounds, lp_bounds
+from structlab.relumip.crown import crown_bounds, linear_bound
 from structlab.relumip.formulation import Formulation, Solution
 from structlab.relumip.model import Model
 from structlab.relumip.network import ReluNetwork
@@ -43,7 +46,9 @@ from structlab.relumip.vnnlib import Disjunct, Property
 Result = Literal["holds", "violated", "timeout", "unknown"]
 Disjunctions = Literal["split", "indicator"]
 DISJUNCTIONS: tuple[str, ...] = ("split", "indicator")
+BOUNDS: tuple[str, ...] = ("interval", "crown", "lp")
 DELTA = 1e-3  # the MILP stops looking deeper than margin -DELTA: a counterexample with room for float32
+LP_SHARE = 0.3  # LP bound tightening may take this share of the time left (it stops between layers)
 TAU = 1e-4  # a MILP dual bound must exceed this (absolute, plus TAU * |b|) to close a disjunct
 
 
@@ -53,7 +58,7 @@ class Verdict:
 
     ``result``: "holds" | "violated" | "timeout" | "unknown"; ``counterexample``: the input x (n_in,) for
     "violated" (else None) and ``output`` its outputs from the checking forward pass; ``seconds``: wall
-    time. ``stage`` says what decided it ("attack", "lp", "milp", or "" when undecided); ``details``
+    time. ``stage`` says what decided it ("attack", "crown", "lp", "milp", or "" when undecided); ``details``
     counts disjuncts closed per stage, solver nodes and times.
     """
 
@@ -163,7 +168,8 @@ def verify(
     ``net``: a :class:`ReluNetwork`, or an ONNX file / ``onnx.ModelProto`` (then counterexamples are
     checked by onnxruntime on it); ``prop``: a :class:`~structlab.relumip.vnnlib.Property`;
     ``time_limit``: seconds for the whole query (None: none). ``disjunctions``: "split" (one MILP per
-    disjunct) or "indicator" (one MILP); ``bounds``: "interval" or "lp"; ``warm_start``: seed each MILP
+    disjunct) or "indicator" (one MILP); ``bounds``: "interval", "crown" (back-substitution) or "lp"
+    (crown, then LP tightening for at most ``LP_SHARE`` of the time left); ``warm_start``: seed each MILP
     with the attack's best point. Raises ``ValueError`` when the network's input or output size differs
     from the property's X/Y count, or for a bad argument.
     """
@@ -174,8 +180,8 @@ def verify(
         raise ValueError(f"time_limit={time_limit!r}: expected a positive number of seconds or None")
     if disjunctions not in DISJUNCTIONS:
         raise ValueError(f"disjunctions={disjunctions!r}: expected one of {DISJUNCTIONS}")
-    if bounds not in ("interval", "lp"):
-        raise ValueError(f"bounds={bounds!r}: expected 'interval' or 'lp'")
+    if bounds not in BOUNDS:
+        raise ValueError(f"bounds={bounds!r}: expected one of {BOUNDS}")
     relu_net, checker, name = _load(net)
     if relu_net.input_dim != prop.n_inputs or relu_net.output_dim != prop.n_outputs:
         raise ValueError(
@@ -195,7 +201,7 @@ class _Query:
         self.net, self.checker, self.deadline = net, checker, deadline
         self.disjunctions, self.bounds, self.warm_start = disjunctions, bounds, warm_start
         self.solver, self.threads, self.seed = solver, threads, seed
-        self.details: dict[str, Any] = {"disjuncts": 0, "closed_lp": 0, "closed_milp": 0, "milps": 0,
+        self.details: dict[str, Any] = {"disjuncts": 0, "closed_crown": 0, "closed_lp": 0, "closed_milp": 0, "milps": 0,
                                         "nodes": 0, "attack_seconds": 0.0, "bounds_seconds": 0.0, "lp_seconds": 0.0,
                                         "milp_seconds": 0.0}
 
@@ -230,7 +236,9 @@ class _Query:
         return self.verdict("unknown" if undecided else "holds", "" if undecided else self.stage())
 
     def stage(self) -> str:
-        return "milp" if self.details["closed_milp"] else "lp"
+        if self.details["closed_milp"]:
+            return "milp"
+        return "lp" if self.details["closed_lp"] else "crown"
 
     # ---------------------------------------------------------------------------------- one box
     def box(self, lower: np.ndarray, upper: np.ndarray, ds: list[Disjunct],
@@ -238,13 +246,23 @@ class _Query:
         """Close every disjunct on this box: returns a Verdict (violated/timeout) or whether any stayed open."""
 
         t = time.perf_counter()
-        method = lp_bounds if self.bounds == "lp" else interval_bounds
-        b = method(self.net, lower, upper, **({"n_jobs": 1} if self.bounds == "lp" else {}))
+        bound = interval_bounds if self.bounds == "interval" else crown_bounds
+        b = bound(self.net, lower, upper)
         self.details["bounds_seconds"] += time.perf_counter() - t
+        open_ = [k for k, d in enumerate(ds) if not self.crown_closes(b, d)]
+        self.details["closed_crown"] += len(ds) - len(open_)
+        if not open_:
+            return False
+        if self.bounds == "lp":  # LP tightening on top, for at most LP_SHARE of the time left
+            t = time.perf_counter()
+            b = lp_bounds(self.net, lower, upper, n_jobs=1, start=b,
+                          deadline=None if math.isinf(self.left()) else t + LP_SHARE * self.left())
+            self.details["bounds_seconds"] += time.perf_counter() - t
         t = time.perf_counter()
-        open_ = [k for k, closed in enumerate(self.lp_closes(b, ds)) if not closed]
+        closed = self.lp_closes(b, [ds[k] for k in open_])
+        open_ = [k for k, c in zip(open_, closed, strict=True) if not c]
         self.details["lp_seconds"] += time.perf_counter() - t
-        self.details["closed_lp"] += len(ds) - len(open_)
+        self.details["closed_lp"] += len(closed) - len(open_)
         if not open_:
             return False
         if self.left() <= 0:
@@ -261,6 +279,20 @@ class _Query:
                 return outcome
             undecided |= outcome
         return undecided
+
+    def crown_closes(self, b: Any, d: Disjunct) -> bool:
+        """Does the back-substitution bound of some output-only row of ``d`` exceed its right-hand side?"""
+        n_in = self.net.input_dim
+        folded = self.net.folded()
+        for i in range(d.b.size):
+            if np.any(d.A[i, :n_in]) or not np.any(d.A[i, n_in:]):
+                continue  # rows on the inputs are left to the LP screen
+            k = len(folded.layers) - 1
+            low = linear_bound(folded, b.lower, b.upper, k, d.A[i:i + 1, n_in:], np.zeros(1),
+                               b.input_lower, b.input_upper, upper_bound=False)
+            if low[0] > d.b[i]:
+                return True
+        return False
 
     def lp_closes(self, b: Any, ds: list[Disjunct]) -> list[bool]:
         """For each disjunct: is some row infeasible over the LP relaxation (a rigorous dual bound)?"""
