@@ -28,6 +28,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -48,6 +49,8 @@ Disjunctions = Literal["split", "indicator"]
 DISJUNCTIONS: tuple[str, ...] = ("split", "indicator")
 BOUNDS: tuple[str, ...] = ("interval", "crown", "lp")
 DELTA = 1e-3  # the MILP stops looking deeper than margin -DELTA: a counterexample with room for float32
+QUICK_ATTACK = (0.05, 2.0, 4, 20)  # (share of the time left, at most seconds, starts, steps), all disjuncts
+STRONG_ATTACK = (0.1, 10.0, 16, 100)  # ... for the disjuncts that the back-substitution bounds leave open
 LP_SHARE = 0.3  # LP bound tightening may take this share of the time left (it stops between layers)
 TAU = 1e-4  # a MILP dual bound must exceed this (absolute, plus TAU * |b|) to close a disjunct
 
@@ -201,6 +204,7 @@ class _Query:
         self.net, self.checker, self.deadline = net, checker, deadline
         self.disjunctions, self.bounds, self.warm_start = disjunctions, bounds, warm_start
         self.solver, self.threads, self.seed = solver, threads, seed
+        self.run_attack = True
         self.details: dict[str, Any] = {"disjuncts": 0, "closed_crown": 0, "closed_lp": 0, "closed_milp": 0, "milps": 0,
                                         "nodes": 0, "attack_seconds": 0.0, "bounds_seconds": 0.0, "lp_seconds": 0.0,
                                         "milp_seconds": 0.0}
@@ -215,16 +219,12 @@ class _Query:
     def run(self, prop: Property, run_attack: bool) -> Verdict:
         self.details["disjuncts"] = len(prop.disjuncts)
         attacks: dict[int, AttackResult] = {}
-        # 1. attack every disjunct first: a counterexample anywhere ends the query
+        # 1. a quick attack on every disjunct first: a counterexample anywhere ends the query
         if run_attack:
-            t = time.perf_counter()
-            budget = time.perf_counter() + min(max(self.left(), 0.0) * 0.1, 10.0)
-            for k, d in enumerate(prop.disjuncts):
-                attacks[k] = attack(self.net, d, seed=self.seed + k, deadline=budget)
-                if attacks[k].margin < 0 and (found := self.checker.confirm(attacks[k].x, d)):
-                    self.details["attack_seconds"] = time.perf_counter() - t
-                    return self.verdict("violated", "attack", *found)
-            self.details["attack_seconds"] = time.perf_counter() - t
+            found = self.attack(prop.disjuncts, list(range(len(prop.disjuncts))), attacks, QUICK_ATTACK)
+            if found is not None:
+                return found
+        self.run_attack = run_attack
         undecided = False
         for lower, upper, ks in prop.boxes():
             if self.left() <= 0:
@@ -234,6 +234,24 @@ class _Query:
                 return outcome
             undecided |= outcome
         return self.verdict("unknown" if undecided else "holds", "" if undecided else self.stage())
+
+    def attack(self, ds: Sequence[Disjunct], ks: list[int], attacks: dict[int, AttackResult],
+               effort: tuple[float, float, int, int]) -> Verdict | None:
+        """Attack disjuncts ``ks`` of ``ds`` with ``effort`` (share of the time left, cap in seconds, starts,
+        steps), keeping each one's best point in ``attacks``; a confirmed counterexample is the verdict."""
+        share, cap, starts, steps = effort
+        t = time.perf_counter()
+        per = min(max(self.left(), 0.0) * share, cap) / max(len(ks), 1)
+        for k in ks:
+            result = attack(self.net, ds[k], starts=starts, steps=steps, seed=self.seed + 7919 * steps + k,
+                            deadline=time.perf_counter() + per)
+            if k not in attacks or result.margin < attacks[k].margin:
+                attacks[k] = result
+            if attacks[k].margin < 0 and (found := self.checker.confirm(attacks[k].x, ds[k])):
+                self.details["attack_seconds"] += time.perf_counter() - t
+                return self.verdict("violated", "attack", *found)
+        self.details["attack_seconds"] += time.perf_counter() - t
+        return None
 
     def stage(self) -> str:
         if self.details["closed_milp"]:
@@ -253,6 +271,12 @@ class _Query:
         self.details["closed_crown"] += len(ds) - len(open_)
         if not open_:
             return False
+        if self.run_attack:  # 2. a stronger attack on what the bounds did not close
+            known = {i: r for i, r in enumerate(attacks) if r is not None}
+            found = self.attack(ds, open_, known, STRONG_ATTACK)
+            if found is not None:
+                return found
+            attacks = [known.get(i) for i in range(len(ds))]
         if self.bounds == "lp":  # LP tightening on top, for at most LP_SHARE of the time left
             t = time.perf_counter()
             b = lp_bounds(self.net, lower, upper, n_jobs=1, start=b,
