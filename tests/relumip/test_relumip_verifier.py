@@ -182,3 +182,33 @@ def test_mnistfc_instances_settled_by_the_competition_get_the_same_answer(prop: 
     # settled: nine tools agree (prop_1_0.05: violated; prop_2_0.03: holds, only RPM, wrong elsewhere, disagrees)
     verdict = verify(mnistfc.path / "mnist-net_256x2.onnx", read_vnnlib(mnistfc.path / prop), time_limit=300)
     assert verdict.result == expected
+
+
+@pytest.mark.parametrize("disjunctions", ["split", "indicator"])
+def test_without_the_cutoff_the_milp_gives_the_same_answers(small, disjunctions: str) -> None:
+    net, grid_max, upper = small
+    for threshold, expected in ((upper + 1e-3, "holds"), (grid_max - 1e-2, "violated")):
+        for warm_start in (True, False):
+            verdict = verify(net, parse_vnnlib(_property(threshold)), time_limit=60, disjunctions=disjunctions,
+                             cutoff=False, warm_start=warm_start, run_attack=expected == "holds")
+            assert verdict.result == expected
+
+
+@pytest.mark.parametrize("solver", ["highs", "scip"])
+def test_a_solver_cutoff_below_the_optimum_reports_cutoff_and_above_it_the_optimum(solver: str) -> None:
+    from structlab.relumip import Formulation
+    from structlab.relumip.solvers import SolverOptions, solve
+
+    from ._relumip_reference import optimum_by_enumeration
+
+    module = random_mlp((2, 6, 6, 1), seed=21)
+    net = ReluNetwork.from_torch(module)
+    lo, hi = -np.ones(2), np.ones(2)
+    exact = optimum_by_enumeration(module, lo, hi, np.array([1.0]), "min")
+    form = Formulation(net, lo, hi, "interval")
+    form.set_objective(form.y, [1.0], "min")
+    below = solve(form.model, solver, SolverOptions(cutoff=exact - 1e-3))
+    # a valid bound: never above the true optimum (HiGHS's own dual bound is, once the cutoff pruned it)
+    assert below.status == "cutoff" and below.bound <= exact + 1e-9
+    above = solve(form.model, solver, SolverOptions(cutoff=exact + 1e-3))
+    assert above.status == "optimal" and above.objective == pytest.approx(exact, abs=1e-6)

@@ -155,7 +155,9 @@ def register(subparsers: Any) -> None:
                         help="pre-activation bounds: interval arithmetic, back-substitution (crown), or crown "
                              "then LP tightening (lp)")
     verify.add_argument("--warm-start", action=argparse.BooleanOptionalAction, default=True,
-                        help="seed the MILPs with the attack's best point")
+                        help="seed the MILPs with the attack's best point (useful with --no-cutoff)")
+    verify.add_argument("--cutoff", action=argparse.BooleanOptionalAction, default=True,
+                        help="let the MILP prune every node that cannot reach a margin below tau")
     verify.add_argument("--attack", action=argparse.BooleanOptionalAction, default=True,
                         help="random sampling and projected gradient before the MILPs")
     verify.add_argument("--solver", choices=("highs", "scip"), default="highs")
@@ -463,7 +465,8 @@ def _verify(args: argparse.Namespace) -> int:
     if not args.network.is_file():
         raise FileNotFoundError(f"network: {args.network} does not exist")
     verdict = verify(args.network, read_vnnlib(args.property), args.timeout, disjunctions=args.disjunctions,
-                     bounds=args.bounds, warm_start=args.warm_start, run_attack=args.attack, solver=args.solver,
+                     bounds=args.bounds, warm_start=args.warm_start, cutoff=args.cutoff, run_attack=args.attack,
+                     solver=args.solver,
                      seed=args.seed)
     if args.results_file is not None:
         atomic_write_text(args.results_file, verdict.results_file_text())
