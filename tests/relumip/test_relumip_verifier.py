@@ -212,3 +212,10 @@ def test_a_solver_cutoff_below_the_optimum_reports_cutoff_and_above_it_the_optim
     assert below.status == "cutoff" and below.bound <= exact + 1e-9
     above = solve(form.model, solver, SolverOptions(cutoff=exact + 1e-3))
     assert above.status == "optimal" and above.objective == pytest.approx(exact, abs=1e-6)
+
+
+def test_scip_gives_the_same_answers_through_its_objective_limit(small) -> None:
+    net, grid_max, upper = small
+    for threshold, expected in ((upper + 1e-3, "holds"), (grid_max - 1e-2, "violated")):
+        verdict = verify(net, parse_vnnlib(_property(threshold)), time_limit=60, solver="scip", run_attack=False)
+        assert verdict.result == expected

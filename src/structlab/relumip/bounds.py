@@ -360,12 +360,14 @@ class RowBounds:
         self.lower: list[float] = []
         self.upper: list[float] = []
 
-    def __call__(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def __call__(self, rows: np.ndarray, upper_too: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Bounds of each row; with ``upper_too=False`` only the minimum is solved (``upper`` is +inf)."""
         n = self.model.num_variables
         all_cols = np.arange(n, dtype=np.int32)
-        lower, upper, seconds = np.empty(len(rows)), np.empty(len(rows)), np.zeros(len(rows))
+        lower, upper, seconds = np.empty(len(rows)), np.full(len(rows), math.inf), np.zeros(len(rows))
+        sides = ((1.0, lower), (-1.0, upper)) if upper_too else ((1.0, lower),)
         for i, w in enumerate(rows):
-            for sign, out in ((1.0, lower), (-1.0, upper)):
+            for sign, out in sides:
                 c = np.zeros(n)
                 c[self.cols] = sign * w
                 self.highs.changeColsCost(n, all_cols, c)

@@ -344,7 +344,7 @@ class _Query:
             for i in range(rows.shape[0]):
                 if self.left() <= 0:
                     break
-                lo, _, _ = solver(rows[i:i + 1])
+                lo, _, _ = solver(rows[i:i + 1], upper_too=False)
                 if lo[0] + const[i] > d.b[i]:
                     empty = True
                     break
