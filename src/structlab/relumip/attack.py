@@ -65,11 +65,13 @@ def attack(
     steps: int = 60,
     seed: int = 0,
     deadline: float | None = None,
+    init: np.ndarray | None = None,
 ) -> AttackResult:
     """Search the disjunct's box for the smallest margin; stops at the first point with margin < 0.
 
-    ``samples`` uniform points (plus the box centre) are evaluated, the ``starts`` best are refined by
-    ``steps`` projected signed-gradient steps. ``deadline`` (``time.perf_counter()`` value) cuts it short.
+    ``samples`` uniform points (plus the box centre and the rows of ``init``, e.g. the input of an LP
+    relaxation's optimum, clipped to the box) are evaluated, the ``starts`` best are refined by ``steps``
+    projected signed-gradient steps. ``deadline`` (``time.perf_counter()`` value) cuts it short.
     """
     t0 = time.perf_counter()
     rng = np.random.default_rng(seed)
@@ -79,6 +81,8 @@ def attack(
         x = 0.5 * (lo + hi)
         return AttackResult(x, -np.inf, 1, time.perf_counter() - t0)
     x = np.concatenate([(0.5 * (lo + hi))[None], rng.uniform(lo, hi, (samples, lo.size))])
+    if init is not None:
+        x = np.concatenate([np.clip(np.asarray(init, dtype=np.float64).reshape(-1, lo.size), lo, hi), x])
     m = margins(folded, disjunct, x)
     evaluations = x.shape[0]
     order = np.argsort(m)[:starts]

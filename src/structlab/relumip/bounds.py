@@ -146,7 +146,8 @@ def lp_bounds(
     measured work would not pay for them is solved in this process, see ``_Workers._pool_size``).
     ``start``: sound bounds on the same box to begin from (e.g. :func:`~structlab.relumip.crown.crown_bounds`:
     fewer unstable neurons to tighten); ``deadline``: a ``time.perf_counter()`` value after which no further
-    layer is tightened (the bounds stay sound, only looser). Raises ``ValueError`` for a bad box.
+    LP is solved (the bounds stay sound, only looser; the LPs then stay in this process). Raises
+    ``ValueError`` for a bad box.
     """
     lo, hi = check_box(net, lower, upper)
     start = start or interval_bounds(net, lo, hi)
@@ -209,7 +210,7 @@ def _tighten(
     folded = net.folded()
     L, U = [b.copy() for b in start.lower], [b.copy() for b in start.upper]
     problems = 0
-    with _Workers(n_jobs) as workers:
+    with _Workers(n_jobs, deadline) as workers:
         for l in range(1, len(folded.layers)):
             if deadline is not None and time.perf_counter() > deadline:
                 break  # the layers left keep their (sound) start bounds
@@ -238,8 +239,9 @@ def _tighten(
 class _Workers:
     """Solve bound problems here or, when the measured work pays for it, in a pool of processes."""
 
-    def __init__(self, n_jobs: int) -> None:
+    def __init__(self, n_jobs: int, deadline: float | None = None) -> None:
         self.n_jobs = n_jobs
+        self.deadline = deadline  # rows solved here stop at it (a pool is only used without one)
         self.executor: ProcessPoolExecutor | None = None
         self.most_used = 1
 
@@ -253,9 +255,9 @@ class _Workers:
     def bound_rows(
         self, model: Model, cols: np.ndarray, rows: np.ndarray, mip: bool, time_limit: float | None
     ) -> tuple[np.ndarray, np.ndarray]:
-        solver = RowBounds(model, cols, mip, time_limit)
+        solver = RowBounds(model, cols, mip, time_limit, deadline=self.deadline)
         n = rows.shape[0]
-        if self.n_jobs == 1:
+        if self.n_jobs == 1 or self.deadline is not None:
             lo, hi, _ = solver(rows)
             return lo, hi
         # time a cold and some warm-started solves here, for at most PROBE_SECONDS beyond the first two
@@ -346,9 +348,12 @@ class RowBounds:
     of its problems); ``lower``/``upper`` keep every bound computed so far.
     """
 
-    def __init__(self, model: Model, cols: np.ndarray, mip: bool, time_limit: float | None) -> None:
+    def __init__(
+        self, model: Model, cols: np.ndarray, mip: bool, time_limit: float | None, deadline: float | None = None
+    ) -> None:
         from scipy.sparse import csr_matrix
 
+        self.deadline = deadline  # a time.perf_counter() value: rows after it get no bound (-inf, inf)
         self.highs = model.to_highs()
         self.highs.setOptionValue("threads", 1)
         if time_limit is not None:  # HiGHS restarts its clock at every run: this is a limit per problem
@@ -367,6 +372,9 @@ class RowBounds:
         lower, upper, seconds = np.empty(len(rows)), np.full(len(rows), math.inf), np.zeros(len(rows))
         sides = ((1.0, lower), (-1.0, upper)) if upper_too else ((1.0, lower),)
         for i, w in enumerate(rows):
+            if self.deadline is not None and time.perf_counter() > self.deadline:
+                lower[i:], upper[i:] = -math.inf, math.inf  # sound: no bound
+                break
             for sign, out in sides:
                 c = np.zeros(n)
                 c[self.cols] = sign * w

@@ -51,6 +51,7 @@ BOUNDS: tuple[str, ...] = ("interval", "crown", "lp")
 DELTA = 1e-3  # the MILP stops looking deeper than margin -DELTA: a counterexample with room for float32
 QUICK_ATTACK = (0.05, 2.0, 4, 20)  # (share of the time left, at most seconds, starts, steps), all disjuncts
 STRONG_ATTACK = (0.1, 10.0, 16, 100)  # ... for the disjuncts that the back-substitution bounds leave open
+LP_ATTACK = (0.05, 5.0, 4, 50)  # ... from the LP relaxation's optimum, for those the LP screen leaves open
 LP_SHARE = 0.3  # LP bound tightening may take this share of the time left (it stops between layers)
 TAU = 1e-4  # a MILP dual bound must exceed this (absolute, plus TAU * |b|) to close a disjunct
 
@@ -197,19 +198,21 @@ def verify(
             f"{prop.source or ''} declares {prop.n_inputs} X_i and {prop.n_outputs} Y_j"
         )
     deadline = math.inf if time_limit is None else t0 + time_limit
-    query = _Query(relu_net, checker, deadline, disjunctions, bounds, warm_start, solver, threads, seed, cutoff)
-    verdict = query.run(prop, run_attack)
+    query = _Query(relu_net, checker, deadline, disjunctions, bounds, warm_start, cutoff, run_attack, solver,
+                   threads, seed)
+    verdict = query.run(prop)
     verdict.seconds = time.perf_counter() - t0
     return verdict
 
 
 class _Query:
+    """One verification query: the network, its checker, the deadline and the options of :func:`verify`."""
+
     def __init__(self, net: ReluNetwork, checker: _Checker, deadline: float, disjunctions: str, bounds: str,
-                 warm_start: bool, solver: str, threads: int, seed: int, cutoff: bool = True) -> None:
-        self.net, self.checker, self.deadline, self.cutoff = net, checker, deadline, cutoff
-        self.disjunctions, self.bounds, self.warm_start = disjunctions, bounds, warm_start
-        self.solver, self.threads, self.seed = solver, threads, seed
-        self.run_attack = True
+                 warm_start: bool, cutoff: bool, run_attack: bool, solver: str, threads: int, seed: int) -> None:
+        self.net, self.checker, self.deadline = net, checker, deadline
+        self.disjunctions, self.bounds, self.warm_start, self.cutoff = disjunctions, bounds, warm_start, cutoff
+        self.run_attack, self.solver, self.threads, self.seed = run_attack, solver, threads, seed
         self.details: dict[str, Any] = {"disjuncts": 0, "closed_crown": 0, "closed_lp": 0, "closed_milp": 0, "milps": 0,
                                         "nodes": 0, "attack_seconds": 0.0, "bounds_seconds": 0.0, "lp_seconds": 0.0,
                                         "milp_seconds": 0.0}
@@ -221,15 +224,14 @@ class _Query:
                 y: np.ndarray | None = None) -> Verdict:
         return Verdict(result, x, 0.0, y, stage, self.details)
 
-    def run(self, prop: Property, run_attack: bool) -> Verdict:
+    def run(self, prop: Property) -> Verdict:
         self.details["disjuncts"] = len(prop.disjuncts)
         attacks: dict[int, AttackResult] = {}
         # 1. a quick attack on every disjunct first: a counterexample anywhere ends the query
-        if run_attack:
+        if self.run_attack:
             found = self.attack(prop.disjuncts, list(range(len(prop.disjuncts))), attacks, QUICK_ATTACK)
             if found is not None:
                 return found
-        self.run_attack = run_attack
         undecided = False
         for lower, upper, ks in prop.boxes():
             if self.left() <= 0:
@@ -241,15 +243,16 @@ class _Query:
         return self.verdict("unknown" if undecided else "holds", "" if undecided else self.stage())
 
     def attack(self, ds: Sequence[Disjunct], ks: list[int], attacks: dict[int, AttackResult],
-               effort: tuple[float, float, int, int]) -> Verdict | None:
+               effort: tuple[float, float, int, int], init: dict[int, np.ndarray] | None = None) -> Verdict | None:
         """Attack disjuncts ``ks`` of ``ds`` with ``effort`` (share of the time left, cap in seconds, starts,
-        steps), keeping each one's best point in ``attacks``; a confirmed counterexample is the verdict."""
+        steps), from ``init[k]`` too where given, keeping each one's best point in ``attacks``; a confirmed
+        counterexample is the verdict."""
         share, cap, starts, steps = effort
         t = time.perf_counter()
         per = min(max(self.left(), 0.0) * share, cap) / max(len(ks), 1)
         for k in ks:
             result = attack(self.net, ds[k], starts=starts, steps=steps, seed=self.seed + 7919 * steps + k,
-                            deadline=time.perf_counter() + per)
+                            deadline=time.perf_counter() + per, init=None if init is None else init.get(k))
             if k not in attacks or result.margin < attacks[k].margin:
                 attacks[k] = result
             if attacks[k].margin < 0 and (found := self.checker.confirm(attacks[k].x, ds[k])):
@@ -267,7 +270,6 @@ class _Query:
     def box(self, lower: np.ndarray, upper: np.ndarray, ds: list[Disjunct],
             attacks: list[AttackResult | None]) -> Verdict | bool:
         """Close every disjunct on this box: returns a Verdict (violated/timeout) or whether any stayed open."""
-
         t = time.perf_counter()
         bound = interval_bounds if self.bounds == "interval" else crown_bounds
         b = bound(self.net, lower, upper)
@@ -288,12 +290,18 @@ class _Query:
                           deadline=None if math.isinf(self.left()) else t + LP_SHARE * self.left())
             self.details["bounds_seconds"] += time.perf_counter() - t
         t = time.perf_counter()
-        closed = self.lp_closes(b, [ds[k] for k in open_])
-        open_ = [k for k, c in zip(open_, closed, strict=True) if not c]
+        screened = open_
+        closed = self.lp_closes(b, [ds[k] for k in screened])
+        open_ = [k for k, c in zip(screened, closed, strict=True) if not c]
         self.details["lp_seconds"] += time.perf_counter() - t
         self.details["closed_lp"] += len(closed) - len(open_)
         if not open_:
             return False
+        if self.run_attack:  # 3. attack again from the LP relaxation's optima (verifiers find many this way)
+            points = {screened[j]: x for j, x in self.lp_points.items()}  # all of them still open
+            found = self.attack(ds, list(points), {}, LP_ATTACK, points)
+            if found is not None:
+                return found
         if self.left() <= 0:
             return self.verdict("timeout")
         # most promising (smallest attack margin) first: a counterexample there ends the query
@@ -335,6 +343,7 @@ class _Query:
             h = encode_layer(model, h, layer, b.lower[k], b.upper[k], relax=True, name=f"l{k}").h
         out = folded.layers[-1]
         solver = RowBounds(model, np.concatenate([x, h]), mip=False, time_limit=None)
+        self.lp_points: dict[int, np.ndarray] = {}  # the relaxation optimum's input, per open disjunct
         closed = []
         for d in ds:
             # a . [x; y] with y = W h + c: coefficients on [x; h] and a constant
@@ -348,6 +357,10 @@ class _Query:
                 if lo[0] + const[i] > d.b[i]:
                     empty = True
                     break
+            if not empty:  # where the relaxation is tightest against the row: a good place to attack
+                values = np.asarray(solver.highs.getSolution().col_value)
+                if values.size == model.num_variables:
+                    self.lp_points[len(closed)] = values[x]
             closed.append(empty)
         return closed
 
