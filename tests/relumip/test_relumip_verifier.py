@@ -219,3 +219,30 @@ def test_scip_gives_the_same_answers_through_its_objective_limit(small) -> None:
     for threshold, expected in ((upper + 1e-3, "holds"), (grid_max - 1e-2, "violated")):
         verdict = verify(net, parse_vnnlib(_property(threshold)), time_limit=60, solver="scip", run_attack=False)
         assert verdict.result == expected
+
+
+def test_the_time_limit_holds_on_a_query_that_needs_the_milp() -> None:
+    net = ReluNetwork.from_torch(random_mlp((10, 80, 80, 80, 2), seed=22))
+    x = np.random.default_rng(0).uniform(-1, 1, (20_000, 10))
+    top = float((net(x) @ np.array([1.0, -1.0])).max())
+    header = "".join(f"(declare-const X_{i} Real)" for i in range(10))
+    header += "(declare-const Y_0 Real)(declare-const Y_1 Real)"
+    box = "".join(f"(assert (>= X_{i} -1))(assert (<= X_{i} 1))" for i in range(10))
+    prop = parse_vnnlib(header + box + f"(assert (>= (- Y_0 Y_1) {top + 0.05!r}))")
+    verdict = verify(net, prop, time_limit=4.0)
+    assert verdict.seconds <= 4.0 + 3.0  # the last LP or attack step may run a little over
+    assert verdict.result in ("holds", "violated", "timeout")
+    if verdict.result == "violated":  # then the counterexample beats the threshold by the forward pass
+        y = net(verdict.counterexample)
+        assert y[0] - y[1] >= top + 0.05
+
+
+def test_an_attack_started_at_a_counterexample_returns_it() -> None:
+    from structlab.relumip.attack import attack
+
+    net = ReluNetwork.from_torch(random_mlp((2, 12, 12, 2), seed=5))
+    _, _, best = _grid_bracket(net, np.array([1.0, -1.0]))
+    top = float(net(best) @ np.array([1.0, -1.0]))
+    d = parse_vnnlib(_property(top - 1e-6)).disjuncts[0]
+    result = attack(net, d, samples=0, starts=1, steps=0, init=best[None])
+    assert result.margin < 0 and np.array_equal(result.x, best)
