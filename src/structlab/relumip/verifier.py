@@ -4,14 +4,16 @@
 checked by a forward pass of onnxruntime on the original ONNX file), "timeout" or "unknown". For each
 input box of the property (its disjuncts share the box's bounds):
 
-1. :func:`~structlab.relumip.attack.attack`: random samples and projected gradient steps; a point with
-   negative margin is checked and returned at once.
+1. :func:`~structlab.relumip.attack.attack`: random samples and projected gradient steps, briefly on
+   every disjunct (a stronger attack follows on those the bounds leave open); a point with negative
+   margin is checked and returned at once.
 2. Sound pre-activation bounds on the box: back-substitution (:func:`~structlab.relumip.crown.crown_bounds`),
    which alone closes a disjunct whose rows it bounds above their right-hand side, then LP tightening
    (:func:`lp_bounds`) for at most ``LP_SHARE`` of the time left.
 3. LP screen: for every row ``a . [x; y] <= b`` of a disjunct, a rigorous lower bound on ``a . [x; y]``
    over the LP relaxation (weak duality from the LP's duals, as in :mod:`bounds`); a row whose bound
-   exceeds ``b`` empties its disjunct.
+   exceeds ``b`` empties its disjunct. The input of the LP optimum of an open disjunct starts one more
+   attack (verifiers find many counterexamples there).
 4. MILP on what is left, minimising the margin ``t >= A [x; y] - b`` (``t >= -delta``) with the cutoff
    ``t < tau``: one MILP per disjunct ("split", sharing the bounds) or one MILP with an indicator binary
    per disjunct ("indicator"). A disjunct is empty when the solver proves that no solution beats the
