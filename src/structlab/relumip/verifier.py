@@ -54,7 +54,8 @@ DELTA = 1e-3  # the MILP stops looking deeper than margin -DELTA: a counterexamp
 QUICK_ATTACK = (0.05, 2.0, 4, 20)  # (share of the time left, at most seconds, starts, steps), all disjuncts
 STRONG_ATTACK = (0.1, 10.0, 16, 100)  # ... for the disjuncts that the back-substitution bounds leave open
 LP_ATTACK = (0.05, 5.0, 4, 50)  # ... from the LP relaxation's optimum, for those the LP screen leaves open
-LP_SHARE = 0.3  # LP bound tightening may take this share of the time left (it stops between layers)
+LP_SHARE = 0.3  # LP bound tightening may take this share of the time left (it stops between LPs)
+LP_SCREEN_SHARE = 0.25  # ... and the LP screen of the disjuncts this share of what is left then
 TAU = 1e-4  # a MILP dual bound must exceed this (absolute, plus TAU * |b|) to close a disjunct
 
 
@@ -346,6 +347,7 @@ class _Query:
         out = folded.layers[-1]
         solver = RowBounds(model, np.concatenate([x, h]), mip=False, time_limit=None)
         self.lp_points: dict[int, np.ndarray] = {}  # the relaxation optimum's input, per open disjunct
+        stop = time.perf_counter() + LP_SCREEN_SHARE * max(self.left(), 0.0)
         closed = []
         for d in ds:
             # a . [x; y] with y = W h + c: coefficients on [x; h] and a constant
@@ -353,7 +355,7 @@ class _Query:
             const = d.A[:, n_in:] @ out.bias
             empty = False
             for i in range(rows.shape[0]):
-                if self.left() <= 0:
+                if time.perf_counter() > stop:  # on deep networks each LP is dear: leave the rest to the MILP
                     break
                 lo, _, _ = solver(rows[i:i + 1], upper_too=False)
                 if lo[0] + const[i] > d.b[i]:
