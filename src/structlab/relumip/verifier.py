@@ -357,6 +357,8 @@ class _Query:
             for i in range(rows.shape[0]):
                 if time.perf_counter() > stop:  # on deep networks each LP is dear: leave the rest to the MILP
                     break
+                # an LP cut short still gives a sound bound: weak duality holds for any multipliers
+                solver.highs.setOptionValue("time_limit", max(stop - time.perf_counter(), 0.5))
                 lo, _, _ = solver(rows[i:i + 1], upper_too=False)
                 if lo[0] + const[i] > d.b[i]:
                     empty = True
