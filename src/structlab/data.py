@@ -214,6 +214,20 @@ REGISTRY: dict[str, DataSet] = {
             how_to_get="`structlab data fetch omlt-reformer` downloads reformer.csv from OMLT's repository.",
         ),
         DataSet(
+            name="vnncomp2021-mnistfc",
+            title="VNN-COMP 2021 mnistfc: 3 ONNX networks, 30 VNN-LIB properties, 12 tools' results",
+            folder="mip/vnncomp2021-mnistfc",
+            licence="none stated (published for benchmarking; use for benchmarks and tests only)",
+            used_by="relumip (ONNX import and VNN-LIB tests, vnncomp study)",
+            source="stanleybak/vnncomp2021 benchmarks/mnistfc (90419aa) and stanleybak/vnncomp2021_results "
+                   "results_csv (a83b9da)",
+            how_to_get=(
+                "copy benchmarks/mnistfc of the VNN-COMP 2021 repository (the .onnx, .vnnlib and "
+                "mnistfc_instances.csv files) and the category's rows of the competition's results CSV as "
+                "vnncomp2021_results.csv into $STRUCTLAB_DATA/mip/vnncomp2021-mnistfc; the checksums pin them"
+            ),
+        ),
+        DataSet(
             name="grimstad-wells",
             title="Oil-well and flowline simulation data (Grimstad & Andersson 2019)",
             folder="mip/grimstad-wells",

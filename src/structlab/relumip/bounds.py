@@ -137,15 +137,23 @@ def lp_bounds(
     lower: np.ndarray | Sequence[float],
     upper: np.ndarray | Sequence[float],
     n_jobs: int | None = None,
+    start: Bounds | None = None,
+    deadline: float | None = None,
 ) -> Bounds:
     """LP-based bound tightening (module docstring), layer by layer, starting from interval bounds.
 
     ``n_jobs``: processes to spread each layer's LPs over (default: the available cores; a layer whose
     measured work would not pay for them is solved in this process, see ``_Workers._pool_size``).
-    Raises ``ValueError`` for a bad box.
+    ``start``: sound bounds on the same box to begin from (e.g. :func:`~structlab.relumip.crown.crown_bounds`:
+    fewer unstable neurons to tighten); ``deadline``: a ``time.perf_counter()`` value after which no further
+    LP is solved (the bounds stay sound, only looser; the LPs then stay in this process). Raises
+    ``ValueError`` for a bad box.
     """
-    start = interval_bounds(net, lower, upper)
-    return _tighten(net, start, mip=False, time_limit=None, n_jobs=n_jobs, method="lp")
+    lo, hi = check_box(net, lower, upper)
+    start = start or interval_bounds(net, lo, hi)
+    if not (np.array_equal(start.input_lower, lo) and np.array_equal(start.input_upper, hi)):
+        raise ValueError("start: bounds computed for another input box; expected the same [lower, upper]")
+    return _tighten(net, start, mip=False, time_limit=None, n_jobs=n_jobs, method="lp", deadline=deadline)
 
 
 def milp_bounds(
@@ -192,7 +200,8 @@ def stable_fraction(net: ReluNetwork, bounds: Bounds) -> float:
 
 # ------------------------------------------------------------------------------------------ OBBT
 def _tighten(
-    net: ReluNetwork, start: Bounds, mip: bool, time_limit: float | None, n_jobs: int | None, method: str
+    net: ReluNetwork, start: Bounds, mip: bool, time_limit: float | None, n_jobs: int | None, method: str,
+    deadline: float | None = None,
 ) -> Bounds:
     t0 = time.perf_counter()
     n_jobs = runtime.cpu_count() if n_jobs is None else n_jobs
@@ -201,8 +210,10 @@ def _tighten(
     folded = net.folded()
     L, U = [b.copy() for b in start.lower], [b.copy() for b in start.upper]
     problems = 0
-    with _Workers(n_jobs) as workers:
+    with _Workers(n_jobs, deadline) as workers:
         for l in range(1, len(folded.layers)):
+            if deadline is not None and time.perf_counter() > deadline:
+                break  # the layers left keep their (sound) start bounds
             model = Model()
             h = model.add_variables(net.input_dim, start.input_lower, start.input_upper, name="x")
             for k in range(l):
@@ -228,8 +239,9 @@ def _tighten(
 class _Workers:
     """Solve bound problems here or, when the measured work pays for it, in a pool of processes."""
 
-    def __init__(self, n_jobs: int) -> None:
+    def __init__(self, n_jobs: int, deadline: float | None = None) -> None:
         self.n_jobs = n_jobs
+        self.deadline = deadline  # rows solved here stop at it (a pool is only used without one)
         self.executor: ProcessPoolExecutor | None = None
         self.most_used = 1
 
@@ -243,9 +255,9 @@ class _Workers:
     def bound_rows(
         self, model: Model, cols: np.ndarray, rows: np.ndarray, mip: bool, time_limit: float | None
     ) -> tuple[np.ndarray, np.ndarray]:
-        solver = RowBounds(model, cols, mip, time_limit)
+        solver = RowBounds(model, cols, mip, time_limit, deadline=self.deadline)
         n = rows.shape[0]
-        if self.n_jobs == 1:
+        if self.n_jobs == 1 or self.deadline is not None:
             lo, hi, _ = solver(rows)
             return lo, hi
         # time a cold and some warm-started solves here, for at most PROBE_SECONDS beyond the first two
@@ -336,9 +348,12 @@ class RowBounds:
     of its problems); ``lower``/``upper`` keep every bound computed so far.
     """
 
-    def __init__(self, model: Model, cols: np.ndarray, mip: bool, time_limit: float | None) -> None:
+    def __init__(
+        self, model: Model, cols: np.ndarray, mip: bool, time_limit: float | None, deadline: float | None = None
+    ) -> None:
         from scipy.sparse import csr_matrix
 
+        self.deadline = deadline  # a time.perf_counter() value: rows after it get no bound (-inf, inf)
         self.highs = model.to_highs()
         self.highs.setOptionValue("threads", 1)
         if time_limit is not None:  # HiGHS restarts its clock at every run: this is a limit per problem
@@ -350,12 +365,17 @@ class RowBounds:
         self.lower: list[float] = []
         self.upper: list[float] = []
 
-    def __call__(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def __call__(self, rows: np.ndarray, upper_too: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Bounds of each row; with ``upper_too=False`` only the minimum is solved (``upper`` is +inf)."""
         n = self.model.num_variables
         all_cols = np.arange(n, dtype=np.int32)
-        lower, upper, seconds = np.empty(len(rows)), np.empty(len(rows)), np.zeros(len(rows))
+        lower, upper, seconds = np.empty(len(rows)), np.full(len(rows), math.inf), np.zeros(len(rows))
+        sides = ((1.0, lower), (-1.0, upper)) if upper_too else ((1.0, lower),)
         for i, w in enumerate(rows):
-            for sign, out in ((1.0, lower), (-1.0, upper)):
+            if self.deadline is not None and time.perf_counter() > self.deadline:
+                lower[i:], upper[i:] = -math.inf, math.inf  # sound: no bound
+                break
+            for sign, out in sides:
                 c = np.zeros(n)
                 c[self.cols] = sign * w
                 self.highs.changeColsCost(n, all_cols, c)

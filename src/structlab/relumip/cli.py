@@ -33,6 +33,7 @@ def register(subparsers: Any) -> None:
             structlab relumip solve peaks.onnx --objective 1 --sense min --bounds lp --time-limit 60
             structlab relumip regions peaks.onnx --plot regions.png
             structlab relumip export peaks.onnx --objective 1 --out peaks.mps
+            structlab relumip verify mnist-net_256x2.onnx prop_0_0.03.vnnlib --timeout 120 --json
             structlab relumip study peaks --scale quick
         """,
     )
@@ -93,6 +94,11 @@ def register(subparsers: Any) -> None:
     solve.add_argument("--gap", type=float, default=1e-6, help="relative optimality gap")
     solve.add_argument("--threads", type=int, default=1)
     solve.add_argument("--seed", type=int, default=0, help="the solver's random seed")
+    solve.add_argument("--warm-start", action=argparse.BooleanOptionalAction, default=True,
+                       help="start the solver from the best feasible point among --start-points, the box "
+                            "centre and 256 samples")
+    solve.add_argument("--start-points", type=Path, metavar="FILE.npy",
+                       help="candidate inputs for the warm start, one per row (e.g. the training data)")
     solve.add_argument("--json", action="store_true")
     solve.set_defaults(func=_solve)
 
@@ -122,6 +128,42 @@ def register(subparsers: Any) -> None:
     export.add_argument("--out", type=Path, required=True, help="file ending in .mps or .lp")
     export.set_defaults(func=_export)
 
+    verify = add_command(
+        sub, "verify", "decide a VNN-LIB property of an ONNX network: holds, violated (checked), timeout, unknown",
+        description=(
+            "Decide a VNN-LIB property (the unsafe set of inputs and outputs) for an ONNX network: an attack "
+            "first, then LP bounds and MILPs. 'holds' is proven; 'violated' comes with a counterexample that "
+            "onnxruntime confirmed. The last line of stdout is one JSON object with --json. Exit status 0 when "
+            "decided, 3 on timeout or unknown."
+        ),
+        examples="""
+            structlab relumip verify mnist-net_256x2.onnx prop_0_0.03.vnnlib --timeout 120
+            structlab relumip verify net.onnx prop.vnnlib --timeout 60 --json --results-file out.txt
+            structlab relumip verify net.onnx prop.vnnlib --disjunctions indicator --no-warm-start
+        """,
+    )
+    verify.add_argument("network", type=Path, help="ONNX file of a fully-connected ReLU network")
+    verify.add_argument("property", type=Path, help="VNN-LIB file (the unsafe set)")
+    verify.add_argument("--timeout", type=float, help="seconds for the whole query (default: none)")
+    verify.add_argument("--json", action="store_true", help="print the verdict as one JSON object")
+    verify.add_argument("--results-file", type=Path,
+                        help="also write VNN-COMP's result file: holds/violated/timeout/unknown, then the "
+                             "counterexample ((X_0 v) ... (Y_0 v) ...) for violated")
+    verify.add_argument("--disjunctions", choices=("split", "indicator"), default="split",
+                        help="one MILP per disjunct (split) or one MILP with an indicator binary per disjunct")
+    verify.add_argument("--bounds", choices=("interval", "crown", "lp"), default="lp",
+                        help="pre-activation bounds: interval arithmetic, back-substitution (crown), or crown "
+                             "then LP tightening (lp)")
+    verify.add_argument("--warm-start", action=argparse.BooleanOptionalAction, default=True,
+                        help="seed the MILPs with the attack's best point (useful with --no-cutoff)")
+    verify.add_argument("--cutoff", action=argparse.BooleanOptionalAction, default=True,
+                        help="let the MILP prune every node that cannot reach a margin below tau")
+    verify.add_argument("--attack", action=argparse.BooleanOptionalAction, default=True,
+                        help="random sampling and projected gradient before the MILPs")
+    verify.add_argument("--solver", choices=("highs", "scip"), default="highs")
+    verify.add_argument("--seed", type=int, default=0)
+    verify.set_defaults(func=_verify)
+
     run = add_command(
         sub, "study", "run a relumip study (same as structlab reproduce --only relumip --study NAME)",
         examples="""
@@ -129,7 +171,7 @@ def register(subparsers: Any) -> None:
             structlab relumip study omlt --scale full --results /tmp/results
         """,
     )
-    run.add_argument("name", choices=("peaks", "verification", "reformer", "omlt"))
+    run.add_argument("name", choices=("peaks", "verification", "reformer", "omlt", "vnncomp"))
     run.add_argument("--scale", choices=("quick", "full"), default="quick")
     run.add_argument("--force", action="store_true", help="rerun even if the results are current")
     run.add_argument("--results", type=Path, default=Path("results"))
@@ -351,12 +393,22 @@ def _solve(args: argparse.Namespace) -> int:
     instance = _instance(args, net, lower, upper)
     form = Formulation(net, lower, upper, args.bounds)
     encode(form, instance)
+    start = None
+    if args.warm_start:
+        from structlab.relumip.problems import feasible_start
+
+        candidates = None if args.start_points is None else np.load(args.start_points, allow_pickle=False)
+        if candidates is not None and (candidates.ndim != 2 or candidates.shape[1] != net.input_dim):
+            raise ValueError(f"--start-points {args.start_points}: shape {candidates.shape}; expected "
+                             f"(rows, {net.input_dim})")
+        start = feasible_start(net, instance, candidates, seed=args.seed)
     sol = form.solve(solver=args.solver, time_limit=args.time_limit, gap=args.gap, threads=args.threads,
-                     seed=args.seed)
+                     seed=args.seed, warm_start=start)
     value = None if sol.x is None else instance.evaluate(net, sol.x)
     out = {"status": sol.status, "objective": value, "bound": sol.bound, "gap": sol.gap, "seconds": sol.seconds,
            "bounds_seconds": form.bounds.seconds, "nodes": sol.nodes, "solver": sol.solver,
-           "binaries": form.num_binaries, "x": None if sol.x is None else sol.x.tolist(),
+           "binaries": form.num_binaries, "warm_start": start is not None,
+           "x": None if sol.x is None else sol.x.tolist(),
            "y": None if sol.y is None else sol.y.tolist(),
            "violation": None if sol.x is None else instance.violation(net, sol.x)}
     if args.json:
@@ -401,6 +453,31 @@ def _export(args: argparse.Namespace) -> int:
           f"{stats['nonzeros']} nonzeros; coefficients in [{stats['coefficient_min']:.3g}, "
           f"{stats['coefficient_max']:.3g}]")
     return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from structlab.atomic import atomic_write_text
+    from structlab.relumip.verifier import verify
+    from structlab.relumip.vnnlib import read_vnnlib
+
+    if args.timeout is not None and not args.timeout > 0:
+        raise ValueError(f"--timeout {args.timeout}: expected a positive number of seconds")
+    if not args.network.is_file():
+        raise FileNotFoundError(f"network: {args.network} does not exist")
+    verdict = verify(args.network, read_vnnlib(args.property), args.timeout, disjunctions=args.disjunctions,
+                     bounds=args.bounds, warm_start=args.warm_start, cutoff=args.cutoff, run_attack=args.attack,
+                     solver=args.solver,
+                     seed=args.seed)
+    if args.results_file is not None:
+        atomic_write_text(args.results_file, verdict.results_file_text())
+    if args.json:
+        print(json.dumps(verdict.to_json()))
+    else:
+        how = f" ({verdict.stage})" if verdict.stage else ""
+        print(f"{verdict.result}{how} in {verdict.seconds:.2f} s")
+        if verdict.counterexample is not None:
+            print(f"counterexample checked by onnxruntime; outputs {np.array2string(verdict.output, precision=5)}")
+    return 0 if verdict.result in ("holds", "violated") else 3
 
 
 def _study(args: argparse.Namespace) -> int:

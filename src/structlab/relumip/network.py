@@ -282,69 +282,19 @@ class ReluNetwork:
 
     @classmethod
     def from_onnx(cls, model: str | os.PathLike[str] | Any, **scaling: Any) -> ReluNetwork:
-        """Read an ONNX model (a path or an ``onnx.ModelProto``) of a feed-forward ReLU network.
+        """Read an ONNX model (a path or an ``onnx.ModelProto``) of a fully-connected ReLU network.
 
-        Supported nodes, in one chain from the graph input to its output: ``Gemm``, ``MatMul``, ``Add``,
-        ``Relu``, ``Clip`` (min 0), ``Flatten``/``Reshape`` at the start, ``Identity`` and ``Dropout``.
-        Weights must be initializers or ``Constant`` nodes. Raises ``TypeError`` for another node type.
+        Reads the networks VNN-COMP publishes and torch's exporters write, as shipped: Flatten, Reshape,
+        Squeeze/Unsqueeze, Transpose, Identity, Dropout, Constant; Add/Sub/Mul/Div by constants (input
+        normalisation, folded into the first affine layer); Gemm (transA/transB, alpha, beta, broadcast
+        biases) and MatMul; BatchNormalization (folded into the next affine map); Relu and Clip (a clipped
+        ReLU; ``Clip(0, 6)`` is ReLU6). The input tensor is flattened in C order (VNN-LIB's ``X_i``).
+        ``scaling`` takes the keyword arguments of :meth:`with_scaling`. Raises ``ValueError`` naming the
+        node, its operator and the supported ones for anything else (see :mod:`structlab.relumip.onnx_import`).
         """
-        import onnx
-        from onnx import numpy_helper
+        from structlab.relumip.onnx_import import read_onnx
 
-        proto = onnx.load(os.fspath(model)) if isinstance(model, (str, os.PathLike)) else model
-        if not isinstance(proto, onnx.ModelProto):
-            raise TypeError(f"model: {type(model).__name__}; expected a path or an onnx.ModelProto")
-        graph = proto.graph
-        consts = {init.name: numpy_helper.to_array(init).astype(np.float64) for init in graph.initializer}
-        for node in graph.node:
-            if node.op_type == "Constant":
-                consts[node.output[0]] = numpy_helper.to_array(node.attribute[0].t).astype(np.float64)
-        inputs = [i.name for i in graph.input if i.name not in consts]
-        if len(inputs) != 1:
-            raise ValueError(f"model: graph has inputs {inputs}; expected exactly one (the network input)")
-        current = inputs[0]
-        steps: list[tuple[str, Any]] = []
-        for node in graph.node:
-            op = node.op_type
-            if op == "Constant":
-                continue
-            data_in = [name for name in node.input if name and name not in consts]
-            if data_in != [current]:
-                raise ValueError(f"model: node {node.name or op} is not on the single input-to-output chain")
-            attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-            if op == "Gemm":
-                w, b = consts[node.input[1]], consts[node.input[2]] if len(node.input) > 2 else 0.0
-                if attrs.get("transA", 0):
-                    raise ValueError(f"model: Gemm {node.name} with transA=1 is not a layer")
-                w = w if attrs.get("transB", 0) else w.T
-                w = attrs.get("alpha", 1.0) * w
-                b = attrs.get("beta", 1.0) * np.broadcast_to(b, (w.shape[0],))
-                steps.append(("affine", (w, b)))
-            elif op == "MatMul":
-                w = consts[node.input[1]].T
-                steps.append(("affine", (w, np.zeros(w.shape[0]))))
-            elif op == "Add":
-                (name,) = [n for n in node.input if n in consts]
-                if not steps or steps[-1][0] != "affine":
-                    raise ValueError(f"model: Add {node.name} does not follow a MatMul or Gemm")
-                w, b = steps[-1][1]
-                steps[-1] = ("affine", (w, b + consts[name].reshape(-1)))
-            elif op == "Relu":
-                steps.append(("relu", None))
-            elif op == "Clip":
-                lo = consts[node.input[1]] if len(node.input) > 1 and node.input[1] else attrs.get("min")
-                hi = consts[node.input[2]] if len(node.input) > 2 and node.input[2] else attrs.get("max")
-                if lo is None or float(lo) != 0.0 or hi is None:
-                    raise ValueError(f"model: Clip {node.name} with min={lo}, max={hi}; expected min 0, max c")
-                steps.append(("clipped_relu", float(hi)))
-            elif op in ("Flatten", "Reshape") and not steps:
-                pass
-            elif op not in ("Identity", "Dropout"):
-                raise TypeError(
-                    f"model: node type {op} is not supported; expected Gemm, MatMul, Add, Relu, Clip"
-                )
-            current = node.output[0]
-        return cls(_layers_from_steps(steps, source="model"), **_scaling_kwargs(scaling))
+        return cls(read_onnx(model).layers, **_scaling_kwargs(scaling))
 
 
 def _flatten_sequential(module: Any) -> list[Any]:

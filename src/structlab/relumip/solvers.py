@@ -20,7 +20,7 @@ from structlab.errors import StructlabError
 from structlab.relumip.model import Model, import_highspy
 
 SOLVERS: tuple[str, ...] = ("highs", "scip")
-Status = Literal["optimal", "time_limit", "limit"]
+Status = Literal["optimal", "time_limit", "limit", "cutoff"]
 
 
 class SolveError(StructlabError):
@@ -50,7 +50,10 @@ class SolverOptions:
     ``time_limit`` in seconds (None: none); ``gap``: relative optimality gap at which to stop; ``threads``:
     HiGHS threads (SCIP solves with one); ``seed``: the solver's random seed; ``feasibility_tol``: primal
     and integrality feasibility tolerance (tighter than the solvers' 1e-6 default, because an integrality
-    error ``eps`` on a binary moves a ReLU output by up to ``eps * M``).
+    error ``eps`` on a binary moves a ReLU output by up to ``eps * M``). ``cutoff``: only solutions
+    better than this objective value are wanted (HiGHS ``objective_bound``, minimisation only; SCIP's
+    objective limit); a MIP without a better solution ends with status "cutoff". With a cutoff the solvers'
+    own dual bound leaves out the nodes they pruned, so the reported ``bound`` is min(dual bound, cutoff).
     """
 
     time_limit: float | None = None
@@ -59,6 +62,7 @@ class SolverOptions:
     seed: int = 0
     feasibility_tol: float = 1e-8
     verbose: bool = False
+    cutoff: float | None = None
 
     def __post_init__(self) -> None:
         if self.time_limit is not None and not self.time_limit > 0:
@@ -71,6 +75,8 @@ class SolverOptions:
             raise ValueError(f"seed={self.seed!r}: expected a non-negative int")
         if not 0 < self.feasibility_tol <= 1e-3:
             raise ValueError(f"feasibility_tol={self.feasibility_tol!r}: expected a value in (0, 1e-3]")
+        if self.cutoff is not None and not math.isfinite(self.cutoff):
+            raise ValueError(f"cutoff={self.cutoff!r}: expected a finite objective value or None")
 
 
 @dataclass
@@ -128,6 +134,10 @@ def _solve_highs(model: Model, options: SolverOptions, warm_start: np.ndarray | 
     h.setOptionValue("primal_feasibility_tolerance", float(options.feasibility_tol))
     if options.threads is not None:
         h.setOptionValue("threads", int(options.threads))
+    if options.cutoff is not None:  # for a MIP, HiGHS prunes every node whose bound is not better
+        if model.sense != "min":
+            raise ValueError("cutoff: HiGHS takes one for minimisation only; minimise the negated objective")
+        h.setOptionValue("objective_bound", float(options.cutoff))
     if warm_start is not None:
         known = np.flatnonzero(~np.isnan(warm_start)).astype(np.int32)
         h.setSolution(known.size, known, warm_start[known])
@@ -137,6 +147,9 @@ def _solve_highs(model: Model, options: SolverOptions, warm_start: np.ndarray | 
     status = h.getModelStatus()
     info = h.getInfo()
     S = highspy.HighsModelStatus
+    if status in (S.kInfeasible, S.kObjectiveBound) and options.cutoff is not None and model.num_integers:
+        return SolverResult("highs", "cutoff", None, None, float(options.cutoff), math.inf, seconds,
+                            max(int(info.mip_node_count), 0))
     if status == S.kInfeasible:
         raise InfeasibleError("HiGHS: the model is infeasible (check the extra constraints and the input box)")
     if status in (S.kUnbounded, S.kUnboundedOrInfeasible):
@@ -158,6 +171,11 @@ def _solve_highs(model: Model, options: SolverOptions, warm_start: np.ndarray | 
     else:  # an LP solved to optimality: the dual objective equals the primal one within tolerance
         bound = objective if (objective is not None and result_status == "optimal") else math.nan
     nodes = max(int(info.mip_node_count), 0) if is_mip else 0
+    if options.cutoff is not None and is_mip:
+        # nodes pruned by the cutoff are missing from HiGHS's dual bound: only min(bound, cutoff) is proven
+        bound = min(bound, float(options.cutoff))
+        if result_status == "optimal" and (objective is None or objective >= options.cutoff):
+            result_status = "cutoff"
     return SolverResult("highs", result_status, values, objective, bound, _gap(objective, bound), seconds, nodes)
 
 
@@ -193,6 +211,8 @@ def _solve_scip(model: Model, options: SolverOptions, warm_start: np.ndarray | N
     if options.time_limit is not None:
         m.setParam("limits/time", float(options.time_limit))
     m.setParam("limits/gap", float(options.gap))
+    if options.cutoff is not None:
+        m.setObjlimit(float(options.cutoff))
     m.setParam("randomization/randomseedshift", int(options.seed))
     m.setParam("numerics/feastol", float(options.feasibility_tol))
     if warm_start is not None:
@@ -205,6 +225,8 @@ def _solve_scip(model: Model, options: SolverOptions, warm_start: np.ndarray | N
     m.optimize()
     seconds = time.perf_counter() - start
     status = m.getStatus()
+    if status == "infeasible" and options.cutoff is not None:
+        return SolverResult("scip", "cutoff", None, None, float(options.cutoff), math.inf, seconds, int(m.getNNodes()))
     if status == "infeasible":
         raise InfeasibleError("SCIP: the model is infeasible (check the extra constraints and the input box)")
     if status in ("unbounded", "inforunbd"):
@@ -224,6 +246,10 @@ def _solve_scip(model: Model, options: SolverOptions, warm_start: np.ndarray | N
         values = np.array([m.getSolVal(best, v) for v in variables], dtype=np.float64)
         objective = float(m.getSolObjVal(best))
     bound = float(m.getDualbound())
+    if options.cutoff is not None and model.num_integers:  # as for HiGHS: pruned nodes are not in the bound
+        bound = min(bound, float(options.cutoff))
+        if result_status == "optimal" and (objective is None or objective >= options.cutoff):
+            result_status = "cutoff"
     return SolverResult("scip", result_status, values, objective, bound, _gap(objective, bound), seconds,
                         int(m.getNNodes()))
 

@@ -193,6 +193,41 @@ class InstanceResult:
         return out
 
 
+def feasible_start(
+    net: ReluNetwork,
+    instance: Instance,
+    candidates: np.ndarray | None = None,
+    n_samples: int = 256,
+    seed: int = 0,
+) -> np.ndarray | None:
+    """The best feasible input of ``instance`` among ``candidates`` (rows, e.g. the training data), the
+    box centre and ``n_samples`` uniform samples; None when none of them meets the output constraints.
+
+    A cheap incumbent for the solver: HiGHS without one found no feasible point in 60 s on trivially
+    feasible 3x32 and 3x50 reformer surrogates, and solved one of them in 19 s from the best data row.
+    """
+    lo, hi = instance.lower, instance.upper
+    rng = np.random.default_rng(seed)
+    points = [0.5 * (lo + hi)[None], rng.uniform(lo, hi, (n_samples, lo.size))]
+    if candidates is not None:
+        rows = np.asarray(candidates, dtype=np.float64).reshape(-1, net.input_dim)
+        points.append(rows[np.all((rows >= lo) & (rows <= hi), axis=1)])
+    x = np.concatenate(points)
+    y = net(x)
+    feasible = np.ones(x.shape[0], dtype=bool)
+    for con in instance.constraints:
+        value = y @ con.coeffs
+        feasible &= (value >= con.lower) & (value <= con.upper)
+    if not feasible.any():
+        return None
+    x, y = x[feasible], y[feasible]
+    if instance.margin_label is None:
+        values = y @ instance.objective
+    else:
+        values = np.delete(y, instance.margin_label, axis=1).max(axis=1) - y[:, instance.margin_label]
+    return x[int(np.argmin(values) if instance.sense == "min" else np.argmax(values))]
+
+
 def solve_instance(
     net: ReluNetwork,
     instance: Instance,
@@ -201,20 +236,28 @@ def solve_instance(
     seed: int = 0,
     threads: int = 1,
     solver: str = "highs",
+    warm_start: np.ndarray | Literal["auto"] | None = "auto",
+    candidates: np.ndarray | None = None,
 ) -> InstanceResult:
     """Encode ``instance`` over ``net`` with structlab's big-M formulation and solve it.
 
     ``bounds``: "interval", "lp", "milp" or precomputed :class:`Bounds` for the instance's box. The
-    bound-tightening time counts as build time. Raises the solver's errors for infeasible models.
+    bound-tightening time counts as build time. ``warm_start``: "auto" (default: :func:`feasible_start`
+    over ``candidates`` and samples, its time counted as build time), an input x, or None (no warm start,
+    as the paper-reproduction studies solve). Raises the solver's errors for infeasible models.
     """
     import time
 
     start = time.perf_counter()
     form = Formulation(net, instance.lower, instance.upper, bounds)
     encode(form, instance)
+    if isinstance(warm_start, str):
+        if warm_start != "auto":
+            raise ValueError(f"warm_start={warm_start!r}: expected 'auto', an input x or None")
+        warm_start = feasible_start(net, instance, candidates, seed=seed)
     # precomputed bounds: their computation time counts too
     build = time.perf_counter() - start + (bounds.seconds if isinstance(bounds, Bounds) else 0.0)
-    sol = form.solve(solver=solver, time_limit=time_limit, seed=seed, threads=threads)
+    sol = form.solve(solver=solver, time_limit=time_limit, seed=seed, threads=threads, warm_start=warm_start)
     stats = form.model.stats()
     value = None if sol.x is None else instance.evaluate(net, sol.x)
     return InstanceResult(

@@ -10,12 +10,14 @@ Sec. 5) re-measured on its three benchmark problems, and a head-to-head against 
   N2 limit.
 * :mod:`~structlab.relumip.studies.omlt`: the same networks and instances encoded by OMLT (Pyomo, big-M)
   and by structlab.
+* :mod:`~structlab.relumip.studies.vnncomp`: the VNN-COMP 2021 mnistfc instances answered by ``verify``
+  and compared with the competition's 12 tools.
 
 What they share: :mod:`~structlab.relumip.studies.measure` (levers, plans, solving, the resumable cache),
 :mod:`~structlab.relumip.studies.analysis` (paired statistics, claims, tables) and
 :mod:`~structlab.relumip.studies.figures`.
 """
 
-from structlab.relumip.studies import omlt, peaks, reformer, verification  # importing registers each study
+from structlab.relumip.studies import omlt, peaks, reformer, verification, vnncomp  # importing registers each
 
-__all__ = ["omlt", "peaks", "reformer", "verification"]
+__all__ = ["omlt", "peaks", "reformer", "verification", "vnncomp"]
