@@ -44,18 +44,6 @@ def test_tiny_peaks_study_end_to_end_writes_results_figures_and_resumes(tmp_path
     assert [s["seconds"] for s in again.metrics["solves"]] == [s["seconds"] for s in solves]
 
 
-def test_record_cache_skips_a_line_cut_short(tmp_path):
-    ctx = reproduce.StudyContext("relumip", "peaks", "quick", tmp_path)
-    cache = measure.RecordCache(ctx, TINY)
-    cache.put("a", {"x": 1})
-    cache.put("b", {"x": np.float64(2.0)})
-    with open(cache.path, "a", encoding="utf-8") as handle:
-        handle.write('{"key": "c", "val')
-    again = measure.RecordCache(ctx, TINY)
-    assert again.get("a") == {"x": 1} and again.get("b") == {"x": 2.0} and again.get("c") is None
-    assert json.loads(cache.path.read_text().splitlines()[0])["key"] == "a"
-
-
 def test_cache_key_follows_the_plan_and_the_measuring_code_only():
     assert measure.measurement_digest(TINY) == measure.measurement_digest(replace(TINY))
     assert measure.measurement_digest(TINY) != measure.measurement_digest(replace(TINY, time_limit=11.0))

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import json
-import os
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -328,45 +326,6 @@ def run_measurements(ctx: StudyContext, plan: Any, jobs: Sequence[Job],
 def job_key(text: str) -> str:
     """``text`` (e.g. a network's ``2x25|plain|0|lp|0``) as a job key: safe in a file name."""
     return re.sub(r"[^A-Za-z0-9.=+,-]+", "_", text)
-
-
-class RecordCache:
-    """Per-network results appended to a JSON-lines file as they are measured.
-
-    Superseded by :func:`run_measurements` (the shared job store); kept while a study on another branch
-    (``vnncomp``) still uses it.
-    """
-
-    def __init__(self, ctx: StudyContext, plan: Any, measuring: Sequence[Callable[..., Any] | type] = ()) -> None:
-        """``measuring``: the study's own measuring code, hashed with the plan (:func:`measurement_digest`)."""
-        digest = measurement_digest(plan, measuring)
-        self.path = ctx.out_dir / ".cache" / f"{ctx.study}-{ctx.scale}-{digest}.jsonl"
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.done: dict[str, dict[str, Any]] = {}
-        if self.path.is_file():
-            for line in self.path.read_text(encoding="utf-8").splitlines():
-                try:
-                    entry = json.loads(line)
-                except json.JSONDecodeError:  # a line cut short by an interruption
-                    continue
-                self.done[entry["key"]] = entry["value"]
-
-    def get(self, key: str) -> dict[str, Any] | None:
-        return self.done.get(key)
-
-    def put(self, key: str, value: dict[str, Any]) -> None:
-        line = json.dumps({"key": key, "value": value}, default=_json_default) + "\n"
-        with open(self.path, "a", encoding="utf-8") as handle:
-            handle.write(line)
-            handle.flush()
-            os.fsync(handle.fileno())
-        self.done[key] = value
-
-
-def _json_default(obj: Any) -> Any:
-    if hasattr(obj, "tolist"):
-        return obj.tolist()
-    raise TypeError(f"object of type {type(obj).__name__} is not JSON serialisable")
 
 
 # What measurement_digest hashes besides the plan and the library: the code here that measures.

@@ -24,10 +24,11 @@ from typing import Any
 
 import numpy as np
 
-from structlab import data, runtime
+from structlab import data
+from structlab.jobs import Job
 from structlab.relumip.studies.analysis import median_iqr, verdict_summary
 from structlab.relumip.studies.figures import pyplot
-from structlab.relumip.studies.measure import RecordCache, one_thread
+from structlab.relumip.studies.measure import job_key, one_thread, run_measurements
 from structlab.relumip.verifier import verify
 from structlab.relumip.vnnlib import read_vnnlib
 from structlab.reproduce import StudyContext, study
@@ -116,16 +117,16 @@ def vnncomp_study(ctx: StudyContext) -> StudyResult:
     listed = {(o, v): t for o, v, t in read_instances(folder)}
     chosen = list(listed) if plan.instances is None else list(plan.instances)
     published = read_published(folder)
-    cache = RecordCache(ctx, plan, (VnncompPlan, solve_one))
-    records = []
-    for onnx, vnnlib in runtime.progress(chosen, desc="vnncomp instances", unit="instance"):
-        key = f"{onnx}|{vnnlib}"
-        rec = cache.get(key)
-        if rec is None:
-            rec = solve_one(folder, onnx, vnnlib, plan.timeout or listed[(onnx, vnnlib)], plan)
-            cache.put(key, rec)
-        ctx.log(f"{key}: {rec['result']} ({rec['stage'] or '-'}) in {rec['seconds']:.1f} s")
-        records.append(rec)
+    keys = {(onnx, vnnlib): job_key(f"{onnx}|{vnnlib}") for onnx, vnnlib in chosen}
+    # The folder is where the data happen to be, not what the outcome depends on: identity leaves it out.
+    jobs = [Job(keys[o, v], solve_one, {"folder": folder, "onnx": o, "vnnlib": v,
+                                        "timeout": plan.timeout or listed[(o, v)], "plan": plan},
+                identity=[o, v, plan.timeout or listed[(o, v)]])
+            for o, v in chosen]
+    outcomes = run_measurements(ctx, plan, jobs, (VnncompPlan, solve_one))
+    records = [outcomes[keys[o, v]] for o, v in chosen]
+    for rec in records:
+        ctx.log(f"{rec['onnx']}|{rec['vnnlib']}: {rec['result']} ({rec['stage'] or '-'}) in {rec['seconds']:.1f} s")
     return _result(ctx, plan, records, published, source.as_record())
 
 
