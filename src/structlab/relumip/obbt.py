@@ -14,12 +14,12 @@ solver's tolerances were. A MILP bound is the solver's dual bound, widened by it
 
 The cost model (:func:`processes_for`), from measurements on peaks surrogates of 3x100 to 6x256
 (``benchmarks/relumip_bounds.py --jobs``): a row's two problems take from 15 ms (first layers) to tens of
-seconds (deep layers of wide networks), and a warm-started simplex is hardly faster than a cold one
-(median warm/cold 0.8-1.1), so a worker loses little by starting cold. What a worker costs is its
-start (once per call: a spawned interpreter importing numpy, scipy and highspy, 1-3.5 s on a shared
-2-core machine), shipping the layer's model (pickled once, 0.02-0.2 s) and loading it into HiGHS. This
-process solves a share of the rows itself while the workers solve theirs, so ``k`` processes take
-``(serial + (k - 1) * overhead) / k``.
+seconds (deep layers of wide networks), and a warm-started simplex saves less than assumed before
+(warm/cold 0.4-1.15 per layer, mostly 0.8-1.1), so a worker loses little by starting cold. What a worker
+costs is its start (once per call: a spawned interpreter importing numpy, scipy and highspy, 1-3.5 s on
+a shared 2-core machine), shipping the layer's model (pickled once, 0.02-0.2 s) and loading it into
+HiGHS. This process solves a share of the rows itself while the workers solve theirs, so ``k``
+processes take ``(serial + (k - 1) * overhead) / k``.
 """
 
 from __future__ import annotations

@@ -84,10 +84,12 @@ PLANS = {
         verification=(20, 20), verification_train=TrainConfig(task="classification", epochs=2, lr=1e-3), n_images=2,
         epsilons=(0.01,), seeds=(0,), time_limit=5.0, hard_seconds=1.0, n_train_verification=2000,
     ),
+    # Sized to about 75 minutes on one core (six encoders at 30 s: a peaks 3x25 or 2x50 network takes
+    # 150-180 s, a verification ball about 145 s, on a shared 2-core machine)
     "full": OmltPlan(
         peaks=((25, 25), (25, 25, 25), (50, 50)), peaks_train=TrainConfig(epochs=150),
         reformer_train=TrainConfig(epochs=reformer.EPOCHS, batch_size=reformer.BATCH_SIZE, lr=1e-3),
-        verification=(50, 50), verification_train=TrainConfig(task="classification", epochs=10, lr=1e-3), n_images=10,
+        verification=(50, 50), verification_train=TrainConfig(task="classification", epochs=10, lr=1e-3), n_images=8,
         epsilons=(0.01, 0.02), seeds=(0, 1, 2), time_limit=30.0, hard_seconds=2.0, n_train_verification=20_000,
     ),
 }
