@@ -197,7 +197,9 @@ def run(scale: str, seed: int) -> StudyResult:
 SCALING = {
     # networks whose LP bounds are tightened with each process count; MILP bounds on the smaller ones
     "quick": {"nets": [(3, 100)], "milp_nets": [(3, 100)], "epochs": 30, "repeats": 1},
-    "full": {"nets": [(3, 100), (4, 128), (5, 200), (6, 256)], "milp_nets": [(3, 100), (4, 128)], "epochs": 60,
+    # about 70 minutes with --jobs 1,2 on an idle 2-core machine; 6x256 (add it with --nets) is ~1.6 h more:
+    # its deep layers take seconds per neuron, ~1 h of LPs in one process
+    "full": {"nets": [(3, 100), (4, 128), (5, 200)], "milp_nets": [(3, 100), (4, 128)], "epochs": 60,
              "repeats": 2},
 }
 
@@ -216,7 +218,9 @@ def _timed(fn: Any, *args: Any, **kwargs: Any) -> tuple[Any, dict[str, float]]:
                  "cpu_workers": _children_cpu() - children, "load": os.getloadavg()[0]}
 
 
-def obbt_scaling(scale: str, jobs: list[int], seed: int, milp_time_limit: float) -> StudyResult:
+def obbt_scaling(
+    scale: str, jobs: list[int], seed: int, milp_time_limit: float, nets: list[tuple[int, int]] | None = None
+) -> StudyResult:
     """Wall and CPU time of LP and MILP bound tightening with 1 and more processes, in the same run.
 
     For each network and process count: the wall time and its ratio to one process (``speedup``), the
@@ -224,9 +228,10 @@ def obbt_scaling(scale: str, jobs: list[int], seed: int, milp_time_limit: float)
     and the speed-up those CPU times imply on idle cores (``speedup_idle_estimate``: serial CPU time over
     the busiest process's, taking the workers' share as even). The wall ratios hold for the machine as it
     was (its load average is recorded); on a busy machine they understate what idle cores give. Repeats
-    alternate the order of the process counts.
+    alternate the order of the process counts. ``nets``: (depth, width) of the networks, instead of the
+    scale's.
     """
-    cfg = SCALING[scale]
+    cfg = dict(SCALING[scale], nets=nets) if nets else SCALING[scale]
     rng = np.random.default_rng(seed)
     X = rng.uniform(LOWER, UPPER, size=(4000, 2))
     y = peaks(X)
@@ -316,13 +321,21 @@ def main() -> None:
                         help="comma-separated process counts, 1 first: measure OBBT over processes instead "
                              "(e.g. 1,2 or 1,2,4,8,16)")
     parser.add_argument("--milp-time-limit", type=float, default=0.5, help="seconds per MILP-OBBT problem")
+    parser.add_argument("--nets", default=None,
+                        help="with --jobs: comma-separated DEPTHxWIDTH networks instead of the scale's (e.g. 6x256)")
     args = parser.parse_args()
     start = time.perf_counter()
     if args.jobs:
         jobs = [int(j) for j in args.jobs.split(",")]
         if jobs[0] != 1:
             parser.error(f"--jobs {args.jobs}: expected 1 first (the baseline every ratio is against)")
-        result = obbt_scaling(args.scale, jobs, args.seed, args.milp_time_limit)
+        nets = None
+        if args.nets:
+            try:
+                nets = [(int(d), int(w)) for d, w in (net.split("x") for net in args.nets.split(","))]
+            except ValueError:
+                parser.error(f"--nets {args.nets}: expected DEPTHxWIDTH items such as 3x100,6x256")
+        result = obbt_scaling(args.scale, jobs, args.seed, args.milp_time_limit, nets)
     else:
         result = run(args.scale, args.seed)
     path = finish(result, args.results, wall_seconds=time.perf_counter() - start)
