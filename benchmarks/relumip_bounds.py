@@ -7,9 +7,14 @@ For ReLU networks trained on MATLAB's peaks function (2x25 ... 5x50), in one run
 - the MILP (minimise the surrogate on [-2, 2]^2, HiGHS, fixed time limit) with interval bounds, with LP
   bounds, and with LP bounds on the rescaled network: solve time, nodes, binaries, coefficient range.
 
+With ``--jobs 1,2,...``: LP and MILP bound tightening of wider and deeper surrogates (3x100 ... 6x256)
+with 1 and more processes, as ratios against one process in the same run
+(``results/relumip/bench_obbt_scaling.json``).
+
 Prints JSON and writes ``results/relumip/bench_bounds.json``::
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/relumip_bounds.py --scale quick
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/relumip_bounds.py --scale quick --jobs 1,2
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
+import resource
 import statistics
 import sys
 import time
@@ -30,6 +37,7 @@ from structlab.relumip import (
     interval_bounds,
     lp_bounds,
     milp_bounds,
+    obbt,
     rescale,
     stable_fraction,
     train,
@@ -186,44 +194,119 @@ def run(scale: str, seed: int) -> StudyResult:
     )
 
 
-def obbt_scaling(jobs: list[int], seed: int, epochs: int, milp_time_limit: float) -> StudyResult:
-    """Wall time of LP and MILP bound tightening against the number of worker processes."""
+SCALING = {
+    # networks whose LP bounds are tightened with each process count; MILP bounds on the smaller ones
+    "quick": {"nets": [(3, 100)], "milp_nets": [(3, 100)], "epochs": 30, "repeats": 1},
+    # about 70 minutes with --jobs 1,2 on an idle 2-core machine; 6x256 (add it with --nets) is ~1.6 h more:
+    # its deep layers take seconds per neuron, ~1 h of LPs in one process
+    "full": {"nets": [(3, 100), (4, 128), (5, 200)], "milp_nets": [(3, 100), (4, 128)], "epochs": 60,
+             "repeats": 2},
+}
+
+
+def _children_cpu() -> float:
+    """CPU seconds of this process's finished children (a call's worker pool is shut down when it returns)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _timed(fn: Any, *args: Any, **kwargs: Any) -> tuple[Any, dict[str, float]]:
+    """``fn(*args, **kwargs)`` and its wall time, this process's CPU time and its workers'."""
+    wall, cpu, children = time.perf_counter(), time.process_time(), _children_cpu()
+    out = fn(*args, **kwargs)
+    return out, {"wall": time.perf_counter() - wall, "cpu_here": time.process_time() - cpu,
+                 "cpu_workers": _children_cpu() - children, "load": os.getloadavg()[0]}
+
+
+def obbt_scaling(
+    scale: str, jobs: list[int], seed: int, milp_time_limit: float, nets: list[tuple[int, int]] | None = None
+) -> StudyResult:
+    """Wall and CPU time of LP and MILP bound tightening with 1 and more processes, in the same run.
+
+    For each network and process count: the wall time and its ratio to one process (``speedup``), the
+    processes the cost model chose for the busiest layer, the CPU time of this process and of the workers,
+    and the speed-up those CPU times imply on idle cores (``speedup_idle_estimate``: serial CPU time over
+    the busiest process's, taking the workers' share as even). The wall ratios hold for the machine as it
+    was (its load average is recorded); on a busy machine they understate what idle cores give. Repeats
+    alternate the order of the process counts. ``nets``: (depth, width) of the networks, instead of the
+    scale's.
+    """
+    cfg = dict(SCALING[scale], nets=nets) if nets else SCALING[scale]
     rng = np.random.default_rng(seed)
     X = rng.uniform(LOWER, UPPER, size=(4000, 2))
     y = peaks(X)
     rows, records = [], []
-    for depth, width in [(3, 50), (5, 50), (3, 100)]:
-        net = train(X, y, hidden=(width,) * depth, epochs=epochs, seed=seed, indicators=False).net
-        base_lp = base_milp = None
-        for n_jobs in jobs:
-            t = time.perf_counter()
-            lb = lp_bounds(net, LOWER, UPPER, n_jobs=n_jobs)
-            lp_seconds = time.perf_counter() - t
-            t = time.perf_counter()
-            mb = milp_bounds(net, LOWER, UPPER, time_limit=milp_time_limit, n_jobs=n_jobs, start=lb)
-            milp_seconds = time.perf_counter() - t
-            base_lp = base_lp or lp_seconds
-            base_milp = base_milp or milp_seconds
-            record = {"net": f"{depth}x{width}", "n_jobs": n_jobs, "lp_seconds": lp_seconds,
-                      "milp_seconds": milp_seconds, "lp_speedup": base_lp / lp_seconds,
-                      "milp_speedup": base_milp / milp_seconds, "milp_problems": mb.problems - lb.problems,
-                      "stable_fraction_lp": stable_fraction(net, lb), "stable_fraction_milp": stable_fraction(net, mb)}
-            records.append(record)
-            print(json.dumps(record), file=sys.stderr)
-            rows.append([record["net"], n_jobs, f"{lp_seconds:.2f}", f"{record['lp_speedup']:.2f}",
-                         f"{milp_seconds:.1f}", f"{record['milp_speedup']:.2f}"])
-    best = max(r["milp_speedup"] for r in records)
+    for depth, width in cfg["nets"]:
+        name = f"{depth}x{width}"
+        net = train(X, y, hidden=(width,) * depth, epochs=cfg["epochs"], seed=seed, indicators=False).net
+        kinds = ["lp"] + (["milp"] if (depth, width) in cfg["milp_nets"] else [])
+        start = None
+        for kind in kinds:
+            measured: dict[int, list[dict[str, Any]]] = {k: [] for k in jobs}
+            for repeat in range(cfg["repeats"]):
+                for k in jobs if repeat % 2 == 0 else jobs[::-1]:
+                    if kind == "lp":
+                        bounds, m = _timed(lp_bounds, net, LOWER, UPPER, n_jobs=k)
+                        start = bounds if k == 1 else start  # where MILP tightening starts
+                    else:
+                        bounds, m = _timed(milp_bounds, net, LOWER, UPPER, time_limit=milp_time_limit, n_jobs=k,
+                                           start=start)
+                    m["processes"] = bounds.processes
+                    m["stable_fraction"] = stable_fraction(net, bounds)
+                    measured[k].append(m)
+                    print(json.dumps({"net": name, "kind": kind, "n_jobs": k, **m}), file=sys.stderr)
+            serial = statistics.median(m["wall"] for m in measured[jobs[0]])
+            serial_cpu = statistics.median(m["cpu_here"] for m in measured[jobs[0]])
+            for k in jobs:
+                wall = statistics.median(m["wall"] for m in measured[k])
+                busiest = statistics.median(max(m["cpu_here"], m["cpu_workers"] / max(m["processes"] - 1, 1))
+                                            for m in measured[k])
+                record = {"net": name, "kind": kind, "n_jobs": k, "wall_seconds": wall, "speedup": serial / wall,
+                          "speedup_idle_estimate": serial_cpu / busiest,
+                          "processes": max(m["processes"] for m in measured[k]),
+                          "cpu_here": statistics.median(m["cpu_here"] for m in measured[k]),
+                          "cpu_workers": statistics.median(m["cpu_workers"] for m in measured[k]),
+                          "load": statistics.median(m["load"] for m in measured[k]), "repeats": measured[k],
+                          "stable_fraction": measured[k][0]["stable_fraction"]}
+                records.append(record)
+                rows.append([name, kind.upper(), k, record["processes"], f"{wall:.1f}", f"{record['speedup']:.2f}",
+                             f"{record['speedup_idle_estimate']:.2f}",
+                             f"{record['cpu_here']:.1f} + {record['cpu_workers']:.1f}", f"{record['load']:.1f}"])
+
+    def best(kind: str, key: str) -> float | None:
+        values = [r[key] for r in records if r["kind"] == kind and r["n_jobs"] > 1]
+        return max(values) if values else None
+
+    claims = []
+    for kind, what in (("lp", "LP"), ("milp", "MILP")):
+        group = [r for r in records if r["kind"] == kind and r["n_jobs"] > 1]
+        if not group:
+            continue
+        wall, idle = best(kind, "speedup"), best(kind, "speedup_idle_estimate")
+        claims.append(Claim(
+            f"{what}-based bound tightening is faster over several processes than in one",
+            "; ".join(f"{r['net']}, {r['n_jobs']} processes: wall {r['speedup']:.2f}x, idle-core estimate "
+                      f"{r['speedup_idle_estimate']:.2f}x (load {r['load']:.1f})" for r in group),
+            "agrees" if wall > 1.1 else ("inconclusive" if idle > 1.1 else "disagrees"),
+            "Ratios against one process in the same run. 'inconclusive' where only the CPU-time estimate "
+            "shows a gain: the machine's other work took the cores the workers would have used.",
+        ))
     return StudyResult(
         part="relumip", study="bench_obbt_scaling", title="Bound tightening over worker processes",
-        scale="full", summary="LP and MILP OBBT wall time against the number of processes",
-        config={"jobs": jobs, "seed": seed, "epochs": epochs, "milp_time_limit": milp_time_limit,
-                "cpu_count": runtime.cpu_count()},
-        seeds=[seed], metrics={"records": records, "best_milp_speedup": best},
+        scale=scale, summary="LP and MILP OBBT wall and CPU time against the number of processes",
+        config={**cfg, "jobs": jobs, "seed": seed, "milp_time_limit": milp_time_limit,
+                "cpu_count": runtime.cpu_count(), "pool_start_seconds": obbt.POOL_START_SECONDS},
+        seeds=[seed],
+        metrics={"records": records, "best_lp_speedup": best("lp", "speedup"),
+                 "best_milp_speedup": best("milp", "speedup"),
+                 "best_lp_speedup_idle_estimate": best("lp", "speedup_idle_estimate"),
+                 "best_milp_speedup_idle_estimate": best("milp", "speedup_idle_estimate")},
         tables=[Table("OBBT wall time against worker processes",
-                      ["net", "n_jobs", "LP s", "LP speed-up", "MILP s", "MILP speed-up"], rows,
-                      note=f"MILP bounds: {milp_time_limit} s per problem, starting from LP bounds")],
-        claims=[Claim("Parallel OBBT over neurons helps where the work is large",
-                      f"best MILP-OBBT speed-up over serial: {best:.2f}x", "agrees" if best > 1.5 else "inconclusive")],
+                      ["net", "bounds", "n_jobs", "processes used", "wall s", "speed-up (wall)",
+                       "speed-up (idle-core estimate)", "CPU s here + workers", "load average"], rows,
+                      note=f"peaks surrogates; MILP bounds: {milp_time_limit} s per problem, starting from LP "
+                           f"bounds; median of {cfg['repeats']} repeats; {runtime.cpu_count()} cores")],
+        claims=claims,
         data=[{"name": "peaks", "origin": "analytic function", "synthetic": False, "path": None,
                "detail": "4000 uniform samples of MATLAB's peaks function on [-2, 2]^2"}],
     )
@@ -235,13 +318,24 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--results", default="results")
     parser.add_argument("--jobs", default=None,
-                        help="comma-separated process counts: measure OBBT scaling instead (e.g. 1,2,4,8,16)")
+                        help="comma-separated process counts, 1 first: measure OBBT over processes instead "
+                             "(e.g. 1,2 or 1,2,4,8,16)")
     parser.add_argument("--milp-time-limit", type=float, default=0.5, help="seconds per MILP-OBBT problem")
+    parser.add_argument("--nets", default=None,
+                        help="with --jobs: comma-separated DEPTHxWIDTH networks instead of the scale's (e.g. 6x256)")
     args = parser.parse_args()
     start = time.perf_counter()
     if args.jobs:
         jobs = [int(j) for j in args.jobs.split(",")]
-        result = obbt_scaling(jobs, args.seed, SCALES[args.scale]["epochs"], args.milp_time_limit)
+        if jobs[0] != 1:
+            parser.error(f"--jobs {args.jobs}: expected 1 first (the baseline every ratio is against)")
+        nets = None
+        if args.nets:
+            try:
+                nets = [(int(d), int(w)) for d, w in (net.split("x") for net in args.nets.split(","))]
+            except ValueError:
+                parser.error(f"--nets {args.nets}: expected DEPTHxWIDTH items such as 3x100,6x256")
+        result = obbt_scaling(args.scale, jobs, args.seed, args.milp_time_limit, nets)
     else:
         result = run(args.scale, args.seed)
     path = finish(result, args.results, wall_seconds=time.perf_counter() - start)

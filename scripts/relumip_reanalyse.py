@@ -34,8 +34,11 @@ def reanalyse(results: Path) -> dict[str, Any]:
         out[name] = {"claims": [vars(c) for c in [*method, *levers, gain]], "method_stats": method_stats,
                      "levers": lever_stats["levers"], "plain_error": lever_stats["plain_error"]}
     records = json.loads((results / "relumip" / "omlt.json").read_text())["metrics"]["records"]
-    claims, stats = omlt.omlt_claims(records, omlt.PLANS["full"])
-    out["omlt"] = {"claims": [vars(c) for c in claims], "stats": stats}
+    if all(e in r for r in records for e in omlt.ENCODERS):
+        claims, stats = omlt.omlt_claims(records, omlt.PLANS["full"])
+        out["omlt"] = {"claims": [vars(c) for c in claims], "stats": stats}
+    else:  # written before the study had all its encoders: nothing to re-analyse, it must run again
+        print(f"omlt: {results}/relumip/omlt.json lacks encoders of {tuple(omlt.ENCODERS)}; rerun the study")
     return out
 
 

@@ -2,13 +2,15 @@
 
 Top-level commands: ``data``, ``reproduce``, ``report``, ``evidence``. Each part adds its own command group from
 ``structlab/<part>/cli.py``, which defines ``register(subparsers) -> None``; a part that has none yet
-is left out of ``--help``. Errors print as one line (``error: ...``) unless ``--debug`` is given.
+is left out of ``--help``. Errors print as one line (``error: ...``) unless ``--debug`` is given. Output
+piped into a reader that stops early (``structlab ... | head``) ends the command quietly with status 141.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 import textwrap
 from collections.abc import Sequence
@@ -23,8 +25,34 @@ from structlab.reproduce import DEFAULT_RESULTS, PARTS, SCALES
 USER_ERRORS = (StructlabError, ValueError, TypeError, FileNotFoundError, PermissionError, KeyError)
 
 
+# What a command stopped by SIGPIPE reports: 128 + the signal's number.
+BROKEN_PIPE_STATUS = 141
+
+
 class _Formatter(argparse.RawDescriptionHelpFormatter):
     """Keeps the examples in epilogs as written."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser that reads every negative number as a value.
+
+    argparse takes only ``-1`` and ``-0.5`` as numbers; ``-inf`` (as in ``--output-constraint 0 -inf 0.2``)
+    or ``-1e-3`` would be read as an unknown option. No structlab option looks like a number, so anything
+    that ``float`` reads is a value. Sub-commands inherit the class from the top-level parser.
+    """
+
+    def _parse_optional(self, arg_string: str):  # type: ignore[no-untyped-def]
+        if arg_string.startswith("-") and _is_number(arg_string):
+            return None  # argparse's answer for "a positional value"
+        return super()._parse_optional(arg_string)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def add_command(subparsers, name: str, help: str, examples: str = "", description: str = "") -> argparse.ArgumentParser:
@@ -256,7 +284,7 @@ def _evidence_list(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="structlab",
         description="Tucker Attention, subject-conditioned layers, ReLU networks in MILPs and AudioPairBank.",
         epilog="Examples:\n  structlab data list\n  structlab reproduce --scale quick\n  structlab tucker --help",
@@ -280,6 +308,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command in ``argv`` (default: ``sys.argv``); returns the exit status."""
+    try:
+        try:
+            return _run(argv)
+        finally:
+            sys.stdout.flush()  # a reader that went away shows here rather than at interpreter exit
+    except BrokenPipeError:
+        # the reader stopped (``structlab ... | head``): no traceback, and no second error when Python
+        # flushes stdout on exit
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return BROKEN_PIPE_STATUS
+
+
+def _run(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.quiet:

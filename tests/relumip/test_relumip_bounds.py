@@ -6,8 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from structlab.relumip import ReluNetwork, interval_bounds, lp_bounds, milp_bounds, stable_fraction
-from structlab.relumip import bounds as bounds_module
+from structlab.relumip import ReluNetwork, interval_bounds, lp_bounds, milp_bounds, obbt, stable_fraction
 
 from ._relumip_reference import box_samples, optimum_by_enumeration, random_mlp
 
@@ -70,10 +69,39 @@ def test_lp_bounds_in_parallel_equal_serial_bounds(monkeypatch: pytest.MonkeyPat
     net = ReluNetwork.from_torch(random_mlp((2, 16, 16, 1), seed=3))
     lower, upper = -np.ones(2), np.ones(2)
     serial = lp_bounds(net, lower, upper, n_jobs=1)
-    monkeypatch.setattr(bounds_module._Workers, "_pool_size", lambda self, seconds, rest: 2)  # force the pool
-    parallel = lp_bounds(net, lower, upper, n_jobs=2)
+    monkeypatch.setattr(obbt, "processes_for", lambda probe, rows, n_jobs, started: n_jobs)  # force the pool
+    parallel = lp_bounds(net, lower, upper, n_jobs=3)
+    assert parallel.processes == 3
     for a, b in zip(serial.lower + serial.upper, parallel.lower + parallel.upper, strict=True):
         np.testing.assert_allclose(a, b, atol=1e-7)
+
+
+def test_lp_bounds_start_processes_where_the_cost_model_says_they_pay(monkeypatch: pytest.MonkeyPatch) -> None:
+    # lp_bounds(n_jobs=2) used to stay in one process on a busy machine whatever the work; with the
+    # start, dispatch and shipping set to nothing, a layer of 60 LPs pays for a second process
+    for name in ("POOL_START_SECONDS", "DISPATCH_SECONDS", "SHIP_PER_BUILD"):
+        monkeypatch.setattr(obbt, name, 0.0)
+    net = ReluNetwork.from_torch(random_mlp((2, 64, 64, 1), seed=3))
+    assert lp_bounds(net, -np.ones(2), np.ones(2), n_jobs=2).processes == 2
+    assert lp_bounds(net, -np.ones(2), np.ones(2), n_jobs=1).processes == 1
+
+
+def test_cost_model_spreads_rows_only_where_the_work_outweighs_a_workers_overhead() -> None:
+    start = obbt.POOL_START_SECONDS
+    heavy = obbt.Probe(cold=2.0, warm=2.0, build=0.05, ship=0.15)  # a deep layer of a wide network
+    light = obbt.Probe(cold=0.03, warm=0.015, build=0.01, ship=0.03)  # a first layer
+    assert obbt.processes_for(heavy, 100, n_jobs=8, pool_started=False) == 8
+    assert obbt.processes_for(light, 100, n_jobs=8, pool_started=False) == 1  # 1.5 s of work, 3 s to start
+    assert obbt.processes_for(light, 400, n_jobs=8, pool_started=True) > 1  # 6 s once the pool is there
+    assert obbt.processes_for(heavy, 3, n_jobs=8, pool_started=False) == 1  # too few rows to share
+    # (serial + (k - 1) * overhead) / k, the overhead counting the start only before the pool is there
+    overhead = start + obbt.DISPATCH_SECONDS + 2 * 0.15 + 0.05
+    assert obbt.predicted_seconds(heavy, 100, 4, False) == pytest.approx((200 + 3 * overhead) / 4)
+    counts = obbt.shares(100, 4, heavy, pool_started=False)
+    assert sum(counts) == 100 and len(counts) == 4
+    assert counts[0] > counts[1] == counts[2] == counts[3]  # this process, already warm, takes more rows
+    # this process's rows end when a worker's rows (after its overhead) are predicted to end
+    assert abs(counts[0] * 2.0 - (overhead + counts[1] * 2.0)) <= 2.0 * 3
 
 
 def test_bounds_reject_a_bad_box() -> None:
@@ -98,7 +126,7 @@ def test_milp_time_limit_applies_to_each_problem_not_to_all_of_them() -> None:
     for k in range(3):
         h = encode_layer(model, h, net.layers[k], lb.lower[k], lb.upper[k]).h
     rows = net.layers[3].weight
-    lo, hi, seconds = bounds_module.bound_rows(model, h, np.repeat(rows, 2, axis=0), mip=True, time_limit=0.5)
+    lo, hi, seconds = obbt.bound_rows(model, h, np.repeat(rows, 2, axis=0), mip=True, time_limit=0.5)
     # each of the 4 problems gets its own 0.5 s (a limit on the total would starve the later ones, which
     # would then return an infinite bound at once) and proves a bound within the LP bounds
     assert np.all(np.isfinite(lo)) and np.all(np.isfinite(hi))
@@ -116,9 +144,9 @@ def test_worker_processes_do_not_rerun_an_unguarded_calling_script(tmp_path) -> 
     script.write_text(textwrap.dedent("""
         import numpy as np
         from structlab.relumip import Layer, ReluNetwork, lp_bounds
-        from structlab.relumip import bounds
+        from structlab.relumip import obbt
         print("script body", flush=True)
-        bounds._Workers._pool_size = lambda self, seconds, rest: 2  # force the process pool
+        obbt.processes_for = lambda probe, rows, n_jobs, started: 2  # force the process pool
         rng = np.random.default_rng(0)
         net = ReluNetwork((Layer(rng.normal(size=(12, 2)), rng.normal(size=12)),
                            Layer(rng.normal(size=(12, 12)), rng.normal(size=12)),

@@ -96,3 +96,22 @@ def test_bad_problem_arguments_give_one_line_errors(peaks_onnx, capsys, argv, me
 def test_missing_network_file_is_a_clear_error(tmp_path, capsys):
     assert main(["relumip", "bounds", str(tmp_path / "nope.onnx")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_output_constraint_takes_minus_inf_as_a_value_as_the_help_shows(peaks_onnx, capsys):
+    # argparse used to read "-inf" as an option ("expected 3 arguments")
+    assert main(["relumip", "solve", str(peaks_onnx), "--objective", "1", "--sense", "max",
+                 "--output-constraint", "0", "-inf", "0.2", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    net, _ = read_network(peaks_onnx)
+    low = optimize(net, [-2, -2], [2, 2], [1.0], sense="min", solver="scip").objective
+    high = optimize(net, [-2, -2], [2, 2], [1.0], sense="max", solver="scip").objective
+    assert low < 0.2  # the network is continuous on the box: every value in [low, high] is attained
+    assert out["status"] == "optimal"
+    assert out["objective"] == pytest.approx(min(0.2, high), abs=1e-6)
+
+
+def test_output_constraint_names_itself_on_a_bad_value(peaks_onnx, capsys):
+    assert main(["relumip", "solve", str(peaks_onnx), "--objective", "1",
+                 "--output-constraint", "0", "low", "0.2"]) == 2
+    assert "--output-constraint" in capsys.readouterr().err

@@ -95,3 +95,24 @@ def test_stored_measurements_round_trip_to_the_entries():
     for original, restored in zip(entries, back, strict=True):
         assert [(s["method"], s["seconds"]) for s in restored["solves"]] == \
             [(s["method"], s["seconds"]) for s in original["solves"]]
+
+
+def _record(seconds: float, solved: bool, build: float = 0.5) -> dict:
+    return {"seconds": seconds, "solve_seconds": seconds - build, "build_seconds": build, "solved": solved}
+
+
+def test_hard_instances_are_picked_by_both_sides_times_and_late_time_outs_count_at_the_limit():
+    from structlab.relumip.studies import omlt
+
+    records = [
+        {"problem": "p", "seed": 0, "instance": "a", "x": _record(0.6, True), "y": _record(9.0, True)},  # y slow
+        {"problem": "p", "seed": 0, "instance": "b", "x": _record(9.0, True), "y": _record(0.6, True)},  # x slow
+        {"problem": "p", "seed": 0, "instance": "c", "x": _record(0.6, True), "y": _record(0.7, True)},  # easy
+        # both time out at a 5 s limit, y's solver 4 s late: a tie, not a 1.7x difference
+        {"problem": "p", "seed": 0, "instance": "d", "x": _record(5.6, False), "y": _record(9.6, False)},
+    ]
+    cmp = omlt.compare(records, "x", "y", hard_seconds=2.0, time_limit=5.0)
+    assert cmp["hard"]["n"] == 3 and cmp["hard_decided"]["n"] == 2  # a, b (either side slow), d (unsolved)
+    assert cmp["all"]["n"] == 4 and cmp["solved"] == [3, 3]
+    ratios = sorted([9.0 / 0.6, 0.6 / 9.0, 1.0])
+    assert cmp["hard"]["ratio"] == pytest.approx(float(np.exp(np.median(np.log(ratios)))))

@@ -8,28 +8,18 @@ Three methods, each at least as tight as the one before (paper, Sec. 3.1):
   (with the already tightened bounds), then feed the new bounds forward by interval arithmetic.
 - :func:`milp_bounds`: the same over the exact big-M MILP of layers ``< l``, with a time limit per neuron.
 
-Soundness: a bound is never tighter than what the solver proved. An LP bound is computed from the LP's
-dual solution by weak duality (Neumaier and Shcherbina 2004): for *any* row multipliers ``y``,
-``min c^T v >= y^T r(y) + sum_j min(d_j l_j, d_j u_j)`` with ``d = c - A^T y``, which holds whatever the
-solver's tolerances were. A MILP bound is the solver's dual bound, widened by its tolerance. Interval
-bounds are widened by a few units of floating-point rounding. Work is spread over processes (one HiGHS
-model each) when the measured time of the first problems says it pays.
+Soundness: a bound is never tighter than what was proved. LP and MILP bounds come from the solver's dual
+information (:mod:`structlab.relumip.obbt`, which also spreads a layer's problems over processes when the
+measured time of the first ones says it pays); interval bounds are widened by a few units of
+floating-point rounding.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
-import multiprocessing
-import os
-import sys
 import time
-import warnings
-from collections.abc import Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
@@ -37,15 +27,9 @@ from structlab import runtime
 from structlab.relumip.bigm import encode_layer
 from structlab.relumip.model import Model
 from structlab.relumip.network import Layer, ReluNetwork
+from structlab.relumip.obbt import Workers
 
 _ROUNDING = 1e-12  # relative widening of interval bounds against floating-point rounding
-_MILP_TOL = 1e-6  # relative widening of a MILP dual bound (the solver's feasibility tolerance)
-# The cost model that decides whether a layer's bound problems go to worker processes (_Workers._pool_size)
-PROBE_ROWS = 6  # at most this many neurons solved here first, to time a cold and warm-started solves
-PROBE_SECONDS = 0.25  # ... and beyond the first two, only while the probe has taken less than this
-MIN_ROWS_PER_WORKER = 4
-POOL_START_SECONDS = 1.5  # starting the processes (once per call): interpreter, numpy, scipy, highspy
-POOL_DISPATCH_SECONDS = 0.2  # sending a layer's model to the processes and collecting the bounds
 
 
 @dataclass(frozen=True)
@@ -142,12 +126,12 @@ def lp_bounds(
 ) -> Bounds:
     """LP-based bound tightening (module docstring), layer by layer, starting from interval bounds.
 
-    ``n_jobs``: processes to spread each layer's LPs over (default: the available cores; a layer whose
-    measured work would not pay for them is solved in this process, see ``_Workers._pool_size``).
-    ``start``: sound bounds on the same box to begin from (e.g. :func:`~structlab.relumip.crown.crown_bounds`:
-    fewer unstable neurons to tighten); ``deadline``: a ``time.perf_counter()`` value after which no further
-    LP is solved (the bounds stay sound, only looser; the LPs then stay in this process). Raises
-    ``ValueError`` for a bad box.
+    ``n_jobs``: the most processes to spread each layer's LPs over, this one included (default: the
+    available cores); a layer whose measured work would not pay for them is solved in this process alone
+    (:func:`structlab.relumip.obbt.processes_for`). ``start``: sound bounds on the same box to begin from
+    (e.g. :func:`~structlab.relumip.crown.crown_bounds`: fewer unstable neurons to tighten); ``deadline``:
+    a ``time.perf_counter()`` value after which no further LP is solved (the bounds stay sound, only
+    looser; the LPs then stay in this process). Raises ``ValueError`` for a bad box or ``n_jobs``.
     """
     lo, hi = check_box(net, lower, upper)
     start = start or interval_bounds(net, lo, hi)
@@ -210,7 +194,7 @@ def _tighten(
     folded = net.folded()
     L, U = [b.copy() for b in start.lower], [b.copy() for b in start.upper]
     problems = 0
-    with _Workers(n_jobs, deadline) as workers:
+    with Workers(n_jobs, deadline) as workers:
         for l in range(1, len(folded.layers)):
             if deadline is not None and time.perf_counter() > deadline:
                 break  # the layers left keep their (sound) start bounds
@@ -234,187 +218,3 @@ def _tighten(
     return Bounds(tuple(L), tuple(U), start.input_lower, start.input_upper, method,
                   start.seconds + time.perf_counter() - t0, start.problems + problems,
                   max(start.processes, workers.most_used))
-
-
-class _Workers:
-    """Solve bound problems here or, when the measured work pays for it, in a pool of processes."""
-
-    def __init__(self, n_jobs: int, deadline: float | None = None) -> None:
-        self.n_jobs = n_jobs
-        self.deadline = deadline  # rows solved here stop at it (a pool is only used without one)
-        self.executor: ProcessPoolExecutor | None = None
-        self.most_used = 1
-
-    def __enter__(self) -> _Workers:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.executor is not None:
-            self.executor.shutdown(wait=True, cancel_futures=True)
-
-    def bound_rows(
-        self, model: Model, cols: np.ndarray, rows: np.ndarray, mip: bool, time_limit: float | None
-    ) -> tuple[np.ndarray, np.ndarray]:
-        solver = RowBounds(model, cols, mip, time_limit, deadline=self.deadline)
-        n = rows.shape[0]
-        if self.n_jobs == 1 or self.deadline is not None:
-            lo, hi, _ = solver(rows)
-            return lo, hi
-        # time a cold and some warm-started solves here, for at most PROBE_SECONDS beyond the first two
-        probe, seconds = 0, []
-        while probe < n and (probe < 2 or (probe < PROBE_ROWS and sum(seconds) < PROBE_SECONDS)):
-            seconds.append(solver(rows[probe:probe + 1])[2][0])
-            probe += 1
-        lo, hi = np.array(solver.lower), np.array(solver.upper)
-        rest = n - probe
-        workers = self._pool_size(np.array(seconds), rest) if rest else 1
-        if workers > 1:
-            try:
-                lo2, hi2 = self._in_pool(model, cols, rows[probe:], mip, time_limit, workers)
-                self.most_used = max(self.most_used, workers)
-                return np.concatenate([lo, lo2]), np.concatenate([hi, hi2])
-            except BrokenProcessPool:
-                warnings.warn("bound tightening: worker processes failed; solving serially",
-                              RuntimeWarning, stacklevel=4)
-                self.n_jobs = 1
-        lo2, hi2, _ = solver(rows[probe:])
-        return np.concatenate([lo, lo2]), np.concatenate([hi, hi2])
-
-    def _pool_size(self, seconds: np.ndarray, rest: int) -> int:
-        """How many processes the remaining ``rest`` rows should go to (1: stay here), from the probe's times.
-
-        A chunk sent to a process starts cold (its first solve is like ``seconds[0]``), while here the
-        simplex goes on warm (like the later probe rows); processes pay only when
-        ``cold + warm * rest / k + overheads < 0.8 * warm * rest``, with ``k`` at most the idle cores.
-        """
-        if self.n_jobs == 1:
-            return 1
-        cold = float(seconds[0])
-        warm = float(np.median(seconds[1:])) if seconds.size > 1 else cold
-        k = min(self.n_jobs, idle_cores(), max(1, rest // MIN_ROWS_PER_WORKER))
-        if k == 1:
-            return 1
-        overhead = POOL_DISPATCH_SECONDS + (POOL_START_SECONDS if self.executor is None else 0.0)
-        parallel = cold + warm * math.ceil(rest / k) + overhead
-        return k if parallel < 0.8 * warm * rest else 1
-
-    def _in_pool(
-        self, model: Model, cols: np.ndarray, rows: np.ndarray, mip: bool, time_limit: float | None, workers: int
-    ) -> tuple[np.ndarray, np.ndarray]:
-        if self.executor is None:
-            self.executor = ProcessPoolExecutor(self.n_jobs, mp_context=multiprocessing.get_context("spawn"))
-        chunks = [c for c in np.array_split(np.arange(rows.shape[0]), workers) if c.size]
-        with _main_script_hidden():  # processes start during submit
-            futures = [self.executor.submit(bound_rows, model, cols, rows[c], mip, time_limit) for c in chunks]
-        parts = [f.result() for f in futures]
-        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
-
-
-@contextlib.contextmanager
-def _main_script_hidden() -> Iterator[None]:
-    """Hide the caller's ``__main__`` script from processes started meanwhile.
-
-    A 'spawn'ed process re-runs the parent's main script (up to its ``if __name__ == "__main__":``
-    guard) before it takes work. The workers need nothing from it (their work is :func:`bound_rows`), and
-    re-running a script without the guard would repeat its work, training included, in every process.
-    """
-    main = sys.modules.get("__main__")
-    saved = {k: main.__dict__[k] for k in ("__file__", "__spec__") if main is not None and k in main.__dict__}
-    try:
-        if main is not None:
-            main.__dict__.pop("__file__", None)
-            if "__spec__" in saved:
-                main.__spec__ = None
-        yield
-    finally:
-        if main is not None:
-            main.__dict__.update(saved)
-
-
-def idle_cores() -> int:
-    """Cores not busy with other work (this process's own included): usable cores minus the load."""
-    try:
-        load = os.getloadavg()[0]
-    except OSError:  # pragma: no cover - no load average on this platform
-        return runtime.cpu_count()
-    return max(1, math.floor(runtime.cpu_count() - load + 1.0))
-
-
-class RowBounds:
-    """Sound ``min`` and ``max`` of ``w @ v[cols]`` over ``model``'s feasible set, for one row ``w`` after another.
-
-    One HiGHS model is built once and re-solved with new costs (a warm-started simplex for LPs). A call
-    returns ``(lower, upper, seconds)`` for its rows, ``seconds`` being the solver's time per row (both
-    of its problems); ``lower``/``upper`` keep every bound computed so far.
-    """
-
-    def __init__(
-        self, model: Model, cols: np.ndarray, mip: bool, time_limit: float | None, deadline: float | None = None
-    ) -> None:
-        from scipy.sparse import csr_matrix
-
-        self.deadline = deadline  # a time.perf_counter() value: rows after it get no bound (-inf, inf)
-        self.highs = model.to_highs()
-        self.highs.setOptionValue("threads", 1)
-        if time_limit is not None:  # HiGHS restarts its clock at every run: this is a limit per problem
-            self.highs.setOptionValue("time_limit", float(time_limit))
-        self.model, self.cols, self.mip = model, cols, mip
-        starts, index, value, self.row_lo, self.row_hi = model.rows()
-        self.A = csr_matrix((value, index, starts), shape=(model.num_rows, model.num_variables))
-        self.col_lo, self.col_hi = model.col_lower, model.col_upper
-        self.lower: list[float] = []
-        self.upper: list[float] = []
-
-    def __call__(self, rows: np.ndarray, upper_too: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Bounds of each row; with ``upper_too=False`` only the minimum is solved (``upper`` is +inf)."""
-        n = self.model.num_variables
-        all_cols = np.arange(n, dtype=np.int32)
-        lower, upper, seconds = np.empty(len(rows)), np.full(len(rows), math.inf), np.zeros(len(rows))
-        sides = ((1.0, lower), (-1.0, upper)) if upper_too else ((1.0, lower),)
-        for i, w in enumerate(rows):
-            if self.deadline is not None and time.perf_counter() > self.deadline:
-                lower[i:], upper[i:] = -math.inf, math.inf  # sound: no bound
-                break
-            for sign, out in sides:
-                c = np.zeros(n)
-                c[self.cols] = sign * w
-                self.highs.changeColsCost(n, all_cols, c)
-                start = time.perf_counter()
-                self.highs.run()
-                seconds[i] += time.perf_counter() - start
-                if self.mip:
-                    bound = float(self.highs.getInfo().mip_dual_bound)
-                    bound -= _MILP_TOL * (1.0 + abs(bound))
-                else:
-                    bound = _dual_bound(self.highs, self.A, c, self.row_lo, self.row_hi, self.col_lo, self.col_hi)
-                out[i] = sign * bound
-        self.lower.extend(lower)
-        self.upper.extend(upper)
-        return lower, upper, seconds
-
-
-def bound_rows(
-    model: Model, cols: np.ndarray, rows: np.ndarray, mip: bool, time_limit: float | None
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """:class:`RowBounds` of ``rows`` on a fresh model (what a worker process runs)."""
-    return RowBounds(model, cols, mip, time_limit)(rows)
-
-
-def _dual_bound(
-    highs: Any, A: Any, c: np.ndarray, row_lo: np.ndarray, row_hi: np.ndarray,
-    col_lo: np.ndarray, col_hi: np.ndarray,
-) -> float:
-    """A rigorous lower bound on ``min c^T v`` from the LP's row duals by weak duality (module docstring)."""
-    solution = highs.getSolution()
-    if not solution.dual_valid:
-        return -math.inf
-    y = np.asarray(solution.row_dual, dtype=np.float64)
-    # a multiplier on a row side that is infinite would make the bound -inf: drop it
-    y = np.where((y > 0) & ~np.isfinite(row_lo), 0.0, y)
-    y = np.where((y < 0) & ~np.isfinite(row_hi), 0.0, y)
-    d = c - A.T @ y
-    row_part = np.where(y > 0, y * np.where(y > 0, row_lo, 0.0), y * np.where(y < 0, row_hi, 0.0))
-    col_part = np.where(d > 0, d * col_lo, np.where(d < 0, d * col_hi, 0.0))
-    terms = np.concatenate([row_part, col_part])
-    bound = float(terms.sum())
-    return bound - 1e-12 * (float(np.abs(terms).sum()) + 1.0) - 1e-9 * (1.0 + abs(bound))

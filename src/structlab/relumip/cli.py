@@ -281,13 +281,17 @@ def _instance(args: argparse.Namespace, net: Any, lower: np.ndarray, upper: np.n
     from structlab.relumip.problems import Instance, OutputConstraint
 
     constraints = []
-    for j, lo, hi in args.output_constraint:
-        j = int(j)
+    for given in args.output_constraint:
+        try:
+            j, lo, hi = int(given[0]), float(given[1]), float(given[2])
+        except ValueError:
+            raise ValueError(f"--output-constraint {' '.join(given)}: expected an output index and two numbers "
+                             "(-inf/inf for an open side)") from None
         if not 0 <= j < net.output_dim:
             raise ValueError(f"--output-constraint {j}: expected an output index in [0, {net.output_dim})")
         coeffs = np.zeros(net.output_dim)
         coeffs[j] = 1.0
-        constraints.append(OutputConstraint(coeffs, float(lo), float(hi)))
+        constraints.append(OutputConstraint(coeffs, lo, hi))
     if args.margin is not None:
         if args.objective:
             raise ValueError("--margin and --objective: give one of the two")

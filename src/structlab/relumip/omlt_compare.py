@@ -5,8 +5,13 @@ holds the network (weights, input bounds, an ``OffsetScaling``), :class:`omlt.ne
 encodes every ReLU with a binary and big-M values from Pyomo's interval arithmetic (FBBT on the affine
 expressions), and Pyomo's APPSI interface hands the model to HiGHS. structlab's encoding differs in
 its bounds (LP-based tightening), in giving stable neurons no binary and in building the model without
-Pyomo. Both sides get the same HiGHS options (time limit, gap, tolerances, one thread, seed), so what
-differs is the formulation and its construction.
+Pyomo. Both sides get the same HiGHS options (time limit, gap, tolerances, one thread, seed).
+
+To tell the bounds from the encoding, :func:`solve_with_omlt` also takes structlab's bounds
+(:func:`impose_bounds` writes them into OMLT's model in place of its own): OMLT with its bounds against
+OMLT with ours is what the tightening is worth; OMLT with ours against structlab is the encoding and the
+modelling layer. Its timings keep Pyomo's model building (``model``), APPSI's transfer to HiGHS
+(``transfer``) and HiGHS's run apart.
 
 OMLT has no clipped ReLU; :func:`solve_with_omlt` raises ``ValueError`` for such networks.
 """
@@ -21,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from structlab.errors import StructlabError
+from structlab.relumip.bounds import Bounds
 from structlab.relumip.network import ReluNetwork
 from structlab.relumip.problems import Instance, InstanceResult
 from structlab.relumip.solvers import SolverOptions
@@ -74,12 +80,13 @@ def network_definition(net: ReluNetwork, lower: np.ndarray, upper: np.ndarray) -
     return definition
 
 
-def build_model(net: ReluNetwork, instance: Instance) -> Any:
+def build_model(net: ReluNetwork, instance: Instance, bounds: Bounds | None = None) -> Any:
     """A Pyomo ``ConcreteModel`` with OMLT's ``ReluBigMFormulation`` of ``net`` and ``instance``'s problem.
 
-    ``model.nn`` is the ``OmltBlock``; its ``inputs``/``outputs`` are in the user's units. The margin
-    objective uses the same selector encoding as structlab's (:func:`structlab.relumip.problems.encode`),
-    with big-M values from OMLT's own output bounds.
+    ``model.nn`` is the ``OmltBlock``; its ``inputs``/``outputs`` are in the user's units. ``bounds``:
+    structlab's bounds on the instance's box to use in place of OMLT's own (:func:`impose_bounds`). The
+    margin objective uses the same selector encoding as structlab's (:func:`structlab.relumip.problems.encode`),
+    with big-M values from the model's output bounds.
     """
     import pyomo.environ as pyo
     from omlt import OmltBlock
@@ -96,6 +103,8 @@ def build_model(net: ReluNetwork, instance: Instance) -> Any:
         m.nn.build_formulation(ReluBigMFormulation(definition))
     finally:
         pyomo_log.setLevel(level)
+    if bounds is not None:
+        impose_bounds(m, net, bounds)
     y = m.nn.outputs
     for k, con in enumerate(instance.constraints):
         expr = sum(float(c) * y[j] for j, c in enumerate(con.coeffs) if c != 0)
@@ -120,6 +129,36 @@ def build_model(net: ReluNetwork, instance: Instance) -> Any:
     )
     m.obj = pyo.Objective(expr=m.margin, sense=pyo.maximize)
     return m
+
+
+def impose_bounds(model: Any, net: ReluNetwork, bounds: Bounds) -> None:
+    """Put ``bounds`` (structlab's, on the same input box) into OMLT's model in place of its own.
+
+    Every dense layer's pre-activation bounds (``zhat``), the big-M parameters of its ReLUs and the
+    bounds of its outputs ``z`` (``max(0, L)``, ``max(0, U)``) are set as OMLT sets them from its own
+    bounds; the encoding itself (a binary for every ReLU) is left as OMLT builds it. Hidden bounds are in
+    the network's units as OMLT's are; the output bounds (user's units) are scaled back (scales are positive).
+    """
+    if len(bounds.lower) != len(net.layers):
+        raise ValueError(f"bounds: {len(bounds.lower)} layers; expected {len(net.layers)} for {net!r}")
+    blocks = [model.nn.layer[i] for i in model.nn.layers if hasattr(model.nn.layer[i], "zhat")]
+    for k, (block, lo, hi) in enumerate(zip(blocks, bounds.lower, bounds.upper, strict=True)):
+        if k == len(blocks) - 1:
+            lo, hi = (lo - net.output_offset) / net.output_scale, (hi - net.output_offset) / net.output_scale
+        relu = hasattr(block, "_big_m_lb_relu")
+        for index in block.zhat:
+            j = index[-1] if isinstance(index, tuple) else index
+            a, b = float(lo[j]), float(hi[j])
+            block.zhat[index].setlb(a)
+            block.zhat[index].setub(b)
+            if relu:
+                block._big_m_lb_relu[index] = a
+                block._big_m_ub_relu[index] = b
+                block.z[index].setlb(max(0.0, a))
+                block.z[index].setub(max(0.0, b))
+            else:
+                block.z[index].setlb(a)
+                block.z[index].setub(b)
 
 
 def output_bounds(model: Any, net: ReluNetwork) -> tuple[np.ndarray, np.ndarray]:
@@ -151,12 +190,14 @@ def solve_with_omlt(
     seed: int = 0,
     threads: int = 1,
     options: SolverOptions | None = None,
+    bounds: Bounds | None = None,
 ) -> InstanceResult:
     """Encode ``instance`` with OMLT's big-M formulation and solve it with HiGHS through Pyomo APPSI.
 
     HiGHS gets structlab's defaults (``SolverOptions``: gap, feasibility tolerances) plus ``time_limit``,
-    ``seed`` and ``threads``. ``solve_seconds`` is HiGHS's own run time; ``build_seconds`` covers OMLT's
-    model construction and Pyomo's transfer to HiGHS.
+    ``seed`` and ``threads``. ``bounds``: structlab's bounds to use instead of OMLT's (their computing time
+    counts as build time). ``solve_seconds`` is HiGHS's own run time; ``build_seconds`` covers the bounds,
+    OMLT's and Pyomo's model building and APPSI's transfer to HiGHS (``timings`` has each).
     """
     import pyomo.environ as pyo
     from pyomo.contrib import appsi
@@ -164,7 +205,8 @@ def solve_with_omlt(
 
     options = options or SolverOptions(time_limit=time_limit, seed=seed, threads=threads)
     start = time.perf_counter()
-    model = build_model(net, instance)
+    model = build_model(net, instance, bounds)
+    built = time.perf_counter()
     solver = appsi.solvers.Highs()
     if not solver.available():
         raise StructlabError("Pyomo's APPSI cannot find HiGHS (highspy)")
@@ -177,7 +219,7 @@ def solve_with_omlt(
         "primal_feasibility_tolerance": options.feasibility_tol,
     }
     results = solver.solve(model)
-    total = time.perf_counter() - start
+    solved = time.perf_counter()
     highs = solver._solver_model  # APPSI's highspy.Highs: the run's own time and node count
     solve_seconds = float(highs.getRunTime())
     info = highs.getInfo()
@@ -197,9 +239,12 @@ def solve_with_omlt(
     bound = float(bound) if bound is not None else math.nan
     gap = abs(value - bound) / max(abs(value), 1e-10) if value is not None and math.isfinite(bound) else math.inf
     size = build_model_size_report(model).activated
+    timings = {"bounds": bounds.seconds if bounds is not None else 0.0, "model": built - start,
+               "transfer": max(solved - built - solve_seconds, 0.0)}
     return InstanceResult(
-        encoder="omlt", bounds="interval (OMLT/FBBT)", status=status, x=x, value=value, bound=bound, gap=gap,
-        build_seconds=total - solve_seconds, solve_seconds=solve_seconds, nodes=max(int(info.mip_node_count), 0),
-        variables=int(size.variables), binaries=int(size.binary_variables), constraints=int(size.constraints),
-        big_m=big_m(model), violation=violation,
+        encoder="omlt", bounds="interval (OMLT/FBBT)" if bounds is None else f"{bounds.method} (structlab)",
+        status=status, x=x, value=value, bound=bound, gap=gap, build_seconds=sum(timings.values()),
+        solve_seconds=solve_seconds, nodes=max(int(info.mip_node_count), 0), variables=int(size.variables),
+        binaries=int(size.binary_variables), constraints=int(size.constraints), big_m=big_m(model),
+        violation=violation, timings=timings,
     )

@@ -38,11 +38,12 @@ import numpy as np
 
 from structlab.relumip.attack import AttackResult, attack
 from structlab.relumip.bigm import encode_layer
-from structlab.relumip.bounds import RowBounds, interval_bounds, lp_bounds
+from structlab.relumip.bounds import interval_bounds, lp_bounds
 from structlab.relumip.crown import crown_bounds, linear_bound
 from structlab.relumip.formulation import Formulation, Solution
 from structlab.relumip.model import Model
 from structlab.relumip.network import ReluNetwork
+from structlab.relumip.obbt import RowBounds
 from structlab.relumip.solvers import SolverOptions, solve
 from structlab.relumip.vnnlib import Disjunct, Property
 
