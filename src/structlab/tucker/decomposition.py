@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import math
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -19,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from structlab.tucker.tensors import AttentionLayer, _check_layer, attention_tensors, latent_form, singular, unfold
-from structlab.tucker.tucker import Ranks, TuckerAttention, check_ranks
+from structlab.tucker.tucker import Ranks, TuckerAttention, check_ranks, rank_sequence
 
 
 @dataclass
@@ -46,11 +47,13 @@ def _leading(matrix: Tensor, rank: int) -> Tensor:
 def _check_decomposition_args(tensor: Tensor, ranks: Sequence[int]) -> tuple[int, int, int]:
     if not isinstance(tensor, Tensor) or tensor.dim() != 3:
         raise ValueError(f"tensor: expected a third-order torch.Tensor; got shape {getattr(tensor, 'shape', None)}")
+    ranks = rank_sequence(ranks)
     if len(ranks) != 3 or not all(
-        isinstance(r, int) and 1 <= r <= n for r, n in zip(ranks, tensor.shape, strict=True)
+        isinstance(r, numbers.Integral) and not isinstance(r, bool) and 1 <= r <= n
+        for r, n in zip(ranks, tensor.shape, strict=True)
     ):
         raise ValueError(f"ranks={tuple(ranks)}: expected three ints, each in 1 .. its mode size {tuple(tensor.shape)}")
-    return tuple(ranks)  # type: ignore[return-value]
+    return tuple(int(r) for r in ranks)  # type: ignore[return-value]
 
 
 def _project(tensor: Tensor, factors: Sequence[Tensor]) -> Tensor:
@@ -162,6 +165,7 @@ def to_tucker(module: AttentionLayer) -> TuckerAttention:
 
 
 def _split_ranks(ranks: object, module: AttentionLayer) -> tuple[Ranks, Ranks]:
+    ranks = rank_sequence(ranks)
     pair = (
         isinstance(ranks, (tuple, list)) and len(ranks) == 2
         and all(isinstance(r, (tuple, list)) for r in ranks)

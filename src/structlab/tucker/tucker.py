@@ -32,6 +32,7 @@ and folds the value bias into the output bias.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -42,18 +43,33 @@ from structlab.tucker.rope import apply_rotary, rotary_angles, rotary_frequencie
 Ranks = tuple[int, int, int]
 
 
+def rank_sequence(ranks: object) -> object:
+    """``ranks`` with NumPy arrays in it turned into lists, so that ranks read from an array count."""
+    if isinstance(ranks, np.ndarray):
+        return ranks.tolist()
+    if isinstance(ranks, (tuple, list)):
+        return type(ranks)(rank_sequence(r) for r in ranks)
+    return ranks
+
+
 def check_ranks(name: str, ranks: object, n_heads: int, d_model: int) -> Ranks:
-    """``ranks`` as a triple (head, query|output, key|value), each between 1 and its mode's size."""
+    """``ranks`` as a triple of Python ints (head, query|output, key|value), each between 1 and its mode's size.
+
+    Takes a tuple, a list or a NumPy array of any integer type.
+    """
+    ranks = rank_sequence(ranks)
     if not isinstance(ranks, (tuple, list)) or len(ranks) != 3:
         raise TypeError(f"{name}={ranks!r}: expected a triple of ints (r1, r2, r3)")
+    checked = []
     for rank, mode, size in zip(ranks, ("head", "second", "third"), (n_heads, d_model, d_model), strict=True):
-        positive_int(f"{name} ({mode} mode)", rank)
+        rank = positive_int(f"{name} ({mode} mode)", rank)
         if rank > size:
             raise ValueError(
-                f"{name}={tuple(ranks)}: the {mode}-mode rank {rank} exceeds that mode's size {size} "
-                f"(the modes have sizes (n_heads, d_model, d_model) = {(n_heads, d_model, d_model)})"
+                f"{name}={tuple(int(r) for r in ranks)}: the {mode}-mode rank {rank} exceeds that mode's size "
+                f"{size} (the modes have sizes (n_heads, d_model, d_model) = {(n_heads, d_model, d_model)})"
             )
-    return (int(ranks[0]), int(ranks[1]), int(ranks[2]))
+        checked.append(rank)
+    return (checked[0], checked[1], checked[2])
 
 
 class TuckerAttention(nn.Module):
