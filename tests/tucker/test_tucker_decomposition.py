@@ -182,3 +182,14 @@ def test_ranks_of_numpy_integer_types_are_accepted_everywhere() -> None:
         TuckerAttention(D, H, (np.float64(2.0), 8, 6))
     with pytest.raises(TypeError, match="head mode"):
         TuckerAttention(D, H, (True, 8, 6))
+
+
+@pytest.mark.parametrize("method", ["hosvd", "hooi"])
+def test_a_rank_above_the_product_of_the_others_still_gives_a_working_layer(method: str) -> None:
+    # (1, 4, 3): the query mode's rank 4 exceeds r1 r3 = 3, so HOOI's projected unfolding has 3 columns;
+    # the factor is completed to 4 orthonormal columns (it was returned with 3 and the layer's forward failed).
+    source = randomise(MultiHeadAttention(D, H, causal=False))
+    compressed = compress(source, (1, 4, 3), method=method)
+    assert compressed.U_q.shape == (D, 4) and compressed.core.shape == (1, 4, 3)
+    torch.testing.assert_close(compressed.U_q.T @ compressed.U_q, torch.eye(4, dtype=torch.float64))
+    assert compressed(inputs()).shape == (2, 8, D)

@@ -40,8 +40,14 @@ class TuckerDecomposition:
 
 
 def _leading(matrix: Tensor, rank: int) -> Tensor:
-    """The ``rank`` leading left singular vectors of ``matrix``."""
-    return singular(matrix)[0][:, :rank]
+    """The ``rank`` leading left singular vectors of ``matrix``, completed to ``rank`` orthonormal columns
+    when ``matrix`` has fewer columns (in HOOI a rank above the product of the other two modes' ranks:
+    the extra directions carry no energy, any orthonormal completion is optimal)."""
+    U = singular(matrix)[0][:, :rank]
+    if U.shape[1] < rank:
+        eye = torch.eye(U.shape[0], dtype=U.dtype, device=U.device)
+        U = torch.cat((U, torch.linalg.qr(torch.cat((U, eye), dim=1)).Q[:, U.shape[1] : rank]), dim=1)
+    return U
 
 
 def _check_decomposition_args(tensor: Tensor, ranks: Sequence[int]) -> tuple[int, int, int]:
@@ -117,10 +123,13 @@ def hooi(
 
 
 def _as_parameters(module: nn.Module, **values: Tensor | None) -> None:
-    """Replace ``module``'s parameters by ``values`` (keeping their dtype and device)."""
+    """Replace ``module``'s parameters by ``values`` (in the values' dtype and device, the parameters'
+    memory layout: some Tucker factors are stored transposed for decoding)."""
     for name, value in values.items():
-        if getattr(module, name) is not None:
-            setattr(module, name, nn.Parameter(value.detach().clone().contiguous()))
+        current = getattr(module, name)
+        if current is not None:
+            replacement = torch.empty_like(current, dtype=value.dtype, device=value.device)
+            setattr(module, name, nn.Parameter(replacement.copy_(value.detach())))
 
 
 @torch.no_grad()
