@@ -288,8 +288,9 @@ def summarise_decode(raw: dict[str, dict]) -> dict[str, dict]:
                 "bytes_per_token": m["bytes_per_token"], "weight_bytes": m["weight_bytes"],
                 "cache_bytes": m["cache_bytes"], "copies": m["copies"],
                 "gb_per_second": spread(m["bytes_per_token"] / s / 1e9 for s in secs),
-                "fraction_of_bandwidth": spread(m["bytes_per_token"] / s / bw for s, bw in zip(secs, bandwidth)),
-                "speedup_over_baseline": spread(b / s for s, b in zip(secs, base)),
+                "fraction_of_bandwidth": spread(m["bytes_per_token"] / s / bw
+                                                for s, bw in zip(secs, bandwidth, strict=True)),
+                "speedup_over_baseline": spread(b / s for s, b in zip(secs, base, strict=True)),
                 "byte_ratio_to_baseline": entry["layers"][entry["baseline"]]["bytes_per_token"] / m["bytes_per_token"],
             }
         out[context] = {"bandwidth_gb_per_second": spread(b / 1e9 for b in bandwidth), "layers": layers,
@@ -480,7 +481,8 @@ def main(argv: list[str] | None = None) -> dict:
     log("decoding, GPT-2 small layers")
     raw_gpt2 = measure_decode(gpt2, contexts, rounds, working_set, device, dtype, LEAN_MHA, log)
     log("decoding, SmolLM2-135M layers")
-    raw_smol = measure_decode(smol, tuple(sorted({1024, goal_context})), rounds, working_set, device, dtype, LEAN_GQA, log)
+    smol_contexts = tuple(sorted({1024, goal_context}))
+    raw_smol = measure_decode(smol, smol_contexts, rounds, working_set, device, dtype, LEAN_GQA, log)
     clock = make_clock(device)
     analysis = {}
     for name, raw in ((TUCKER, raw_gpt2), (TUCKER_EXACT, raw_smol), (TUCKER_SMALL, raw_smol)):
@@ -587,8 +589,9 @@ def main(argv: list[str] | None = None) -> dict:
         note="fixed cost: the same layer kind at tiny sizes, " + ", ".join(
             f"{n} {1e6 * v:.0f} us" for n, v in fixed.items()),
     ))
-    summary = (f"At {goal_context} context, CPU one thread: Tucker [8,128,64] {fmt_spread(tucker['speedup_over_baseline'])}x"
-               f" the lean MHA's tokens/s ({tucker['byte_ratio_to_baseline']:.1f}x fewer bytes), "
+    summary = (f"At {goal_context} context, batch 1, {device.type}: Tucker [8,128,64] decodes at "
+               f"{fmt_spread(tucker['speedup_over_baseline'])}x the lean MHA's tokens/s "
+               f"({tucker['byte_ratio_to_baseline']:.1f}x fewer bytes per token) and "
                f"{fmt_spread(tucker['fraction_of_bandwidth'], 0, 100)}% of the measured read bandwidth.")
     result = StudyResult(
         part="tucker",
