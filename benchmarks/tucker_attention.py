@@ -326,6 +326,31 @@ def attention_products(stack: DecodeStack, clock: Callable[[], float], rounds: i
             "cold_gflops": flops / statistics.median(cold) / 1e9, "warm_gflops": flops / statistics.median(warm) / 1e9}
 
 
+def operation_profile(stack: DecodeStack) -> list[dict]:
+    """torch.profiler over one pass of the stack: per tensor operation of a step (name and input shapes),
+    calls per step and the median time of a call. Profiler timestamps are wall time and carry the
+    profiler's own cost (about a microsecond per operation, more for operations that call others); the
+    time between operations (Python) is inflated by it, so it is left out here (see ``fixed_cost``)."""
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    with torch.inference_mode(), profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        for layer, cache in stack.items:
+            with record_function("decode step"):
+                layer(stack.token, cache)
+            cache.truncate(stack.context)
+    steps, calls = 0, {}
+    for event in prof.events():
+        if event.name == "decode step":
+            steps += 1
+        elif event.cpu_parent is not None and event.cpu_parent.name == "decode step":
+            key = (event.name, str([list(s) for s in event.input_shapes if s]))
+            calls.setdefault(key, []).append(event.cpu_time_total)
+    rows = [{"operation": name, "input_shapes": shapes, "calls_per_step": len(times) / steps,
+             "median_us": statistics.median(times), "us_per_step": len(times) / steps * statistics.median(times)}
+            for (name, shapes), times in calls.items()]
+    return sorted(rows, key=lambda r: -r["us_per_step"])
+
+
 def fixed_cost(build: Callable[[], nn.Module], clock: Callable[[], float], device: torch.device,
                dtype: torch.dtype, steps: int = 300) -> float:
     """Seconds per decoding step of a layer built at tiny sizes (the same code path): Python and dispatch."""
@@ -484,10 +509,12 @@ def main(argv: list[str] | None = None) -> dict:
     smol_contexts = tuple(sorted({1024, goal_context}))
     raw_smol = measure_decode(smol, smol_contexts, rounds, working_set, device, dtype, LEAN_GQA, log)
     clock = make_clock(device)
-    analysis = {}
+    analysis, operations = {}, {}
     for name, raw in ((TUCKER, raw_gpt2), (TUCKER_EXACT, raw_smol), (TUCKER_SMALL, raw_smol)):
         stack = raw[str(goal_context)]["stacks"][name]
         analysis[name] = attention_products(stack, clock, rounds)
+        if device.type == "cpu":
+            operations[name] = operation_profile(stack)
     fixed = {name: fixed_cost(build, clock, device, dtype) for name, build in TINY.items()}
     for raw in (raw_gpt2, raw_smol):
         raw[str(goal_context)].pop("stacks")
@@ -502,8 +529,11 @@ def main(argv: list[str] | None = None) -> dict:
         fixed_name = TUCKER if shape == "gpt2" else TUCKER_EXACT
         a["fixed_seconds"] = fixed[fixed_name]
         a["fixed_fraction_of_step"] = fixed[fixed_name] / step
+    for name, rows in operations.items():
+        for row in rows:
+            row["share_of_step"] = row["us_per_step"] / (1e6 * analysis[name]["step_seconds"])
     measured = {"counts": counts, "compute": compute, "decode": decode, "attention_products": analysis,
-                "fixed_cost_seconds_per_step": fixed}
+                "fixed_cost_seconds_per_step": fixed, "operations": operations}
 
     # --- claims ---------------------------------------------------------------------------------
     g = decode["gpt2"][str(goal_context)]
@@ -589,6 +619,15 @@ def main(argv: list[str] | None = None) -> dict:
         note="fixed cost: the same layer kind at tiny sizes, " + ", ".join(
             f"{n} {1e6 * v:.0f} us" for n, v in fixed.items()),
     ))
+    if TUCKER in operations:
+        tables.append(Table(
+            f"Operations of a Tucker [8,128,64] decoding step, context {goal_context}",
+            ["operation", "input shapes", "calls per step", "median us", "share of the step"],
+            [[r["operation"], r["input_shapes"], round(r["calls_per_step"], 2), round(r["median_us"], 1),
+              f"{r['share_of_step']:.1%}"] for r in operations[TUCKER] if r["share_of_step"] >= 0.005],
+            note="torch.profiler over one pass of the stack (wall time, with the profiler's own cost); operations "
+            "under 0.5% of the step left out; the rest of the step is Python between operations",
+        ))
     summary = (f"At {goal_context} context, batch 1, {device.type}: Tucker [8,128,64] decodes at "
                f"{fmt_spread(tucker['speedup_over_baseline'])}x the lean MHA's tokens/s "
                f"({tucker['byte_ratio_to_baseline']:.1f}x fewer bytes per token) and "

@@ -235,8 +235,8 @@ class TuckerAttention(nn.Module):
         batch, seq, _ = x.shape
         if seq == 1 and cache is not None and self._decodes_fast(x):
             return self._decode_token(x, cache, past)
-        r1, _, r3 = self.ranks
-        v1, _, v3 = self.value_ranks
+        r1, r2, r3 = self.ranks
+        v1, v2, v3 = self.value_ranks
         # Q_i = X U_q B_i with B_i = core x_1 U_head[i], evaluated in core coordinates: P = (X U_q) x_2 core,
         # (B N, r1, r3), then Q_i = sum_a U_head[i, a] P_a. Per token that is r1 r2 r3 + n_H r1 r3
         # multiplications instead of n_H r2 r3, and no per-head matrix is formed.
@@ -319,7 +319,7 @@ class TuckerAttention(nn.Module):
             if self.value_bias is not None:
                 v.add_(self.value_bias)
         p = F.linear(x @ self.U_q, self._core_matrix()).view(batch, r1, r3)  # P_a = (x U_q) core[a]
-        q = torch.matmul(self.U_head, p)  # (B, n_H, r3): Q_i = sum_a U_head[i, a] P_a
+        q = torch.bmm(self.U_head.expand(batch, -1, -1), p)  # (B, n_H, r3): Q_i = sum_a U_head[i, a] P_a
         if self.query_bias is not None:
             q = q + self.query_bias
         if self.rope:  # the score scale rides on the queries' rotation
@@ -329,7 +329,7 @@ class TuckerAttention(nn.Module):
         # (B, 1, n_H, r3) x (B, 1, r3, T): every head against the one latent key of each position.
         scores = torch.matmul(q.unsqueeze(1), keys.transpose(-1, -2))
         y = torch.matmul(torch.softmax(scores, dim=-1), values).view(batch, self.n_heads, v3)  # A_i V
-        z = torch.matmul(self.U_head_v.T, y).view(batch, v1 * v3)  # Z_a = sum_i U_head_v[i, a] A_i V
+        z = torch.bmm(self.U_head_v.T.expand(batch, -1, -1), y).view(batch, v1 * v3)  # sum_i U_head_v[i, a] A_i V
         out = F.linear(F.linear(z, self._value_core_matrix()), self.U_o)  # sum_a Z_a core_v[a]^T U_o^T
         if self.output_bias is not None:
             out = out + self.output_bias
