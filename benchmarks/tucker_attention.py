@@ -328,9 +328,9 @@ def attention_products(stack: DecodeStack, clock: Callable[[], float], rounds: i
 
 def operation_profile(stack: DecodeStack) -> list[dict]:
     """torch.profiler over one pass of the stack: per tensor operation of a step (name and input shapes),
-    calls per step and the median time of a call. Profiler timestamps are wall time and carry the
-    profiler's own cost (about a microsecond per operation, more for operations that call others); the
-    time between operations (Python) is inflated by it, so it is left out here (see ``fixed_cost``)."""
+    calls per step, the median time of a call and its share of the profiled step; the last row is the
+    rest of the step (Python between operations, and the profiler's own cost of about a microsecond
+    per operation: see ``fixed_cost`` for the step's fixed cost without a profiler)."""
     from torch.profiler import ProfilerActivity, profile, record_function
 
     with torch.inference_mode(), profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
@@ -338,17 +338,24 @@ def operation_profile(stack: DecodeStack) -> list[dict]:
             with record_function("decode step"):
                 layer(stack.token, cache)
             cache.truncate(stack.context)
-    steps, calls = 0, {}
+    steps, calls = [], {}
     for event in prof.events():
         if event.name == "decode step":
-            steps += 1
+            steps.append(event.cpu_time_total)
         elif event.cpu_parent is not None and event.cpu_parent.name == "decode step":
             key = (event.name, str([list(s) for s in event.input_shapes if s]))
             calls.setdefault(key, []).append(event.cpu_time_total)
-    rows = [{"operation": name, "input_shapes": shapes, "calls_per_step": len(times) / steps,
-             "median_us": statistics.median(times), "us_per_step": len(times) / steps * statistics.median(times)}
+    step = statistics.median(steps)
+    rows = [{"operation": name, "input_shapes": shapes, "calls_per_step": len(times) / len(steps),
+             "median_us": statistics.median(times), "us_per_step": len(times) / len(steps) * statistics.median(times)}
             for (name, shapes), times in calls.items()]
-    return sorted(rows, key=lambda r: -r["us_per_step"])
+    rows.sort(key=lambda r: -r["us_per_step"])
+    rest = step - sum(r["us_per_step"] for r in rows)
+    rows.append({"operation": "(rest: Python between operations, profiler)", "input_shapes": "",
+                 "calls_per_step": 1.0, "median_us": rest, "us_per_step": rest})
+    for row in rows:
+        row["share_of_step"] = row["us_per_step"] / step
+    return rows
 
 
 def fixed_cost(build: Callable[[], nn.Module], clock: Callable[[], float], device: torch.device,
@@ -529,9 +536,6 @@ def main(argv: list[str] | None = None) -> dict:
         fixed_name = TUCKER if shape == "gpt2" else TUCKER_EXACT
         a["fixed_seconds"] = fixed[fixed_name]
         a["fixed_fraction_of_step"] = fixed[fixed_name] / step
-    for name, rows in operations.items():
-        for row in rows:
-            row["share_of_step"] = row["us_per_step"] / (1e6 * analysis[name]["step_seconds"])
     measured = {"counts": counts, "compute": compute, "decode": decode, "attention_products": analysis,
                 "fixed_cost_seconds_per_step": fixed, "operations": operations}
 
@@ -625,8 +629,8 @@ def main(argv: list[str] | None = None) -> dict:
             ["operation", "input shapes", "calls per step", "median us", "share of the step"],
             [[r["operation"], r["input_shapes"], round(r["calls_per_step"], 2), round(r["median_us"], 1),
               f"{r['share_of_step']:.1%}"] for r in operations[TUCKER] if r["share_of_step"] >= 0.005],
-            note="torch.profiler over one pass of the stack (wall time, with the profiler's own cost); operations "
-            "under 0.5% of the step left out; the rest of the step is Python between operations",
+            note="torch.profiler over one pass of the stack: medians of wall time, shares of the profiled step "
+            "(the profiler adds about a microsecond per operation); operations under 0.5% of the step left out",
         ))
     summary = (f"At {goal_context} context, batch 1, {device.type}: Tucker [8,128,64] decodes at "
                f"{fmt_spread(tucker['speedup_over_baseline'])}x the lean MHA's tokens/s "
