@@ -16,11 +16,11 @@ layer is decoded as a stack of identical copies (own weights, own cache) that to
 context is held exactly: each step decodes position ``context`` over ``context`` cached positions, then
 the cache is cut back to ``context``. Bytes per token are counted from the tensors a step reads (the
 parameters, and the cache after the step). In the same rounds the machine's one-thread read bandwidth is
-measured (a sum over a contiguous buffer twice the working set, in 1 MiB chunks), and each layer's bytes/s
-is set against it. Times are the thread's CPU time (``time.thread_time``; wall time with a synchronise on
-CUDA), medians over the calls of a pass: on a shared machine, wall time also counts the slices other
-processes run in. Ratios and fractions are computed per round, then summarised over rounds (median,
-min, max).
+measured (a sum over a contiguous buffer twice the working set, in 1 MiB chunks; 64 MiB on a GPU), and
+each layer's bytes/s is set against it. Times are the thread's CPU time (``time.thread_time``; wall
+time with a synchronise on CUDA), medians over the calls of a pass: on a shared machine, wall time also
+counts the slices other processes run in. Ratios and fractions are computed per round, then summarised
+over rounds (median, min, max).
 
 Analysis of Tucker's step: the attention products alone (``softmax(Q K^T) V`` on the stack's own cache
 tensors, cold, and the same on one warm cache: the compute floor), and the fixed cost of a step (the same
@@ -244,7 +244,7 @@ def measure_decode(
     """Per context: bandwidth per round and, per layer, seconds per token per round and bytes per token."""
     clock = make_clock(device)
     buffer = torch.ones(2 * working_set // 4, device=device)
-    chunks = list(buffer.split(2**18))  # 1 MiB of float32
+    chunks = list(buffer.split(2**18 if device.type == "cpu" else 2**24))  # 1 MiB (CPU), 64 MiB (GPU: launches)
     out: dict[str, dict] = {}
     for context in contexts:
         stacks = {name: decode_stack(layer, context, working_set, device, dtype) for name, layer in layers.items()}
@@ -536,8 +536,16 @@ def main(argv: list[str] | None = None) -> dict:
         fixed_name = TUCKER if shape == "gpt2" else TUCKER_EXACT
         a["fixed_seconds"] = fixed[fixed_name]
         a["fixed_fraction_of_step"] = fixed[fixed_name] / step
-    measured = {"counts": counts, "compute": compute, "decode": decode, "attention_products": analysis,
-                "fixed_cost_seconds_per_step": fixed, "operations": operations}
+    ratio_to_baseline = {}  # GPT-2 small layers against the lean MHA (>1: fewer, faster)
+    for name in compute:
+        lean, m = counts[LEAN_MHA], counts[name]
+        ratio_to_baseline[name] = {
+            "attention_parameters_reduction": lean["attention_parameters"] / m["attention_parameters"],
+            "kv_cache_bytes_per_token_reduction": lean["kv_cache_bytes_per_token"] / m["kv_cache_bytes_per_token"],
+            **{k.replace("_seconds", "_speedup"): compute[LEAN_MHA][k] / v for k, v in compute[name].items()},
+        }
+    measured = {"counts": counts, "compute": compute, "ratio_to_baseline": ratio_to_baseline, "decode": decode,
+                "attention_products": analysis, "fixed_cost_seconds_per_step": fixed, "operations": operations}
 
     # --- claims ---------------------------------------------------------------------------------
     g = decode["gpt2"][str(goal_context)]
