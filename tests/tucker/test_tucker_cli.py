@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from structlab import data
 from structlab.cli import main
@@ -81,3 +82,71 @@ def test_bad_attention_spec_is_reported_on_one_line(tmp_path: Path, capsys) -> N
     code = main(["tucker", "train", "--attention", "tucker:1,2", "--checkpoint", str(tmp_path / "x.safetensors")])
     assert code == 2
     assert "attention='tucker:1,2'" in capsys.readouterr().err
+
+
+def _train_tiny(path: Path, *options: str) -> None:
+    assert main(["--quiet", "tucker", "train", *TINY_GPT, "--steps", "4", *options, "--checkpoint", str(path)]) == 0
+
+
+@needs_shakespeare
+def test_eval_without_options_reproduces_the_training_runs_validation_loss(tmp_path: Path, capsys) -> None:
+    checkpoint = tmp_path / "lm.safetensors"
+    _train_tiny(checkpoint)  # evaluates on 4 windows (TINY_GPT's --eval-examples)
+    logged = load_checkpoint(checkpoint).history[-1]["val_loss"]
+    capsys.readouterr()
+    assert main(["tucker", "eval", str(checkpoint), "--json", "--device", "cpu"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["val_loss"] == pytest.approx(logged, rel=1e-12)
+    assert report["eval_examples"] == 4
+
+
+@needs_shakespeare
+def test_compress_accepts_a_tucker_checkpoint_of_other_ranks(tmp_path: Path, capsys) -> None:
+    checkpoint = tmp_path / "lm.safetensors"
+    _train_tiny(checkpoint, "--no-rope")
+    logged = load_checkpoint(checkpoint).history[-1]["val_loss"]
+    same = tmp_path / "same.safetensors"
+    capsys.readouterr()
+    # At the checkpoint's own ranks the compression is exact: the loss before and after is training's.
+    assert main(["tucker", "compress", str(checkpoint), "--ranks", "2,16,8", "--out", str(same),
+                 "--device", "cpu"]) == 0
+    before, after = capsys.readouterr().out.split("val_loss: ")[1].split()[0:3:2]
+    assert float(before) == pytest.approx(logged, abs=5e-5) and float(after) == pytest.approx(logged, abs=5e-4)
+    smaller = tmp_path / "small.safetensors"
+    assert main(["tucker", "compress", str(checkpoint), "--ranks", "2,8,4", "--method", "hooi", "--out", str(smaller),
+                 "--device", "cpu"]) == 0
+    saved, source = load_checkpoint(smaller), load_checkpoint(checkpoint)
+    assert saved.model.config.attention.label == "tucker:2,8,4"
+    assert torch.equal(saved.model.wte.weight, source.model.wte.weight)  # the rest of the model carried over
+    assert torch.equal(saved.model.blocks[0].mlp.fc.weight, source.model.blocks[0].mlp.fc.weight)
+
+
+@needs_shakespeare
+@pytest.mark.parametrize("attention", ["tucker:2,16,8", "mha"])
+def test_compress_refuses_a_rope_model_with_the_documented_reason(tmp_path: Path, capsys, attention: str) -> None:
+    checkpoint, out = tmp_path / "lm.safetensors", tmp_path / "c.safetensors"
+    _train_tiny(checkpoint, "--attention", attention)
+    capsys.readouterr()
+    assert main(["tucker", "compress", str(checkpoint), "--ranks", "2,8,4", "--out", str(out), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "RoPE" in err and "--no-rope" in err and "Traceback" not in err
+    assert not out.exists()
+
+
+@needs_shakespeare
+def test_a_checkpoint_with_a_nan_weight_is_refused_naming_the_weight(tmp_path: Path, capsys) -> None:
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    checkpoint = tmp_path / "lm.safetensors"
+    _train_tiny(checkpoint)
+    tensors = load_file(checkpoint)
+    with safe_open(checkpoint, "pt") as handle:
+        metadata = handle.metadata()
+    tensors["model.blocks.0.attn.U_k"][3, 1] = float("nan")
+    save_file(tensors, checkpoint, metadata=metadata)
+    capsys.readouterr()
+    for command in (["eval", str(checkpoint)], ["ranks", str(checkpoint)]):
+        assert main(["tucker", *command]) == 2
+        err = capsys.readouterr().err
+        assert "'blocks.0.attn.U_k'" in err and "NaN" in err

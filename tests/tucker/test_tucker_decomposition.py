@@ -143,3 +143,53 @@ def test_compress_keeps_dtype_and_float32_error_is_small() -> None:
     assert compressed.core.dtype == torch.float32
     x = inputs().float()
     torch.testing.assert_close(compressed(x), source(x), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_weights_are_refused_naming_the_weight(bad: float) -> None:
+    from structlab.tucker import mode_spectra, to_tucker
+
+    source = MultiHeadAttention(D, H)
+    with torch.no_grad():
+        source.k_proj.weight[2, 5] = bad
+    for call in (lambda: compress(source, (2, 8, 8)), lambda: tucker_ranks(source), lambda: to_tucker(source),
+                 lambda: mode_spectra(source), lambda: attention_tensors(source)):
+        with pytest.raises(ValueError, match=r"weight 'k_proj\.weight' \(24, 24\) has 1 non-finite"):
+            call()
+
+
+def test_ranks_of_numpy_integer_types_are_accepted_everywhere() -> None:
+    import numpy as np
+
+    source = randomise(MultiHeadAttention(D, H, causal=False))
+    reference = compress(source, ((2, 8, 6), (3, 8, 4)))
+    given = [
+        ((np.int64(2), np.int32(8), np.int16(6)), (np.uint8(3), np.int64(8), np.int64(4))),
+        (np.array([2, 8, 6]), np.array([3, 8, 4], dtype=np.int32)),
+        np.array([[2, 8, 6], [3, 8, 4]]),
+    ]
+    for ranks in given:
+        compressed = compress(source, ranks)
+        assert compressed.ranks == (2, 8, 6) and compressed.value_ranks == (3, 8, 4)
+        assert all(type(r) is int for r in (*compressed.ranks, *compressed.value_ranks))
+        torch.testing.assert_close(compressed.core, reference.core)
+    layer = TuckerAttention(D, H, np.array([2, 8, 6]), (np.int64(3), 8, np.int64(4)))
+    assert layer.ranks == (2, 8, 6) and layer.value_ranks == (3, 8, 4)
+    tensor = low_rank_tensor((5, 12, 9), (2, 4, 3))
+    assert hosvd(tensor, np.array([2, 4, 3])).core.shape == (2, 4, 3)
+    assert hooi(tensor, (np.int64(2), np.int64(4), np.int64(3))).core.shape == (2, 4, 3)
+    with pytest.raises(TypeError, match="head mode"):
+        TuckerAttention(D, H, (np.float64(2.0), 8, 6))
+    with pytest.raises(TypeError, match="head mode"):
+        TuckerAttention(D, H, (True, 8, 6))
+
+
+@pytest.mark.parametrize("method", ["hosvd", "hooi"])
+def test_a_rank_above_the_product_of_the_others_still_gives_a_working_layer(method: str) -> None:
+    # (1, 4, 3): the query mode's rank 4 exceeds r1 r3 = 3, so HOOI's projected unfolding has 3 columns;
+    # the factor is completed to 4 orthonormal columns (it was returned with 3 and the layer's forward failed).
+    source = randomise(MultiHeadAttention(D, H, causal=False))
+    compressed = compress(source, (1, 4, 3), method=method)
+    assert compressed.U_q.shape == (D, 4) and compressed.core.shape == (1, 4, 3)
+    torch.testing.assert_close(compressed.U_q.T @ compressed.U_q, torch.eye(4, dtype=torch.float64))
+    assert compressed(inputs()).shape == (2, 8, D)

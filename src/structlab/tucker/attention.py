@@ -9,6 +9,7 @@ Attention a single latent key/value pair for all heads (multi-query attention in
 from __future__ import annotations
 
 import contextlib
+import numbers
 
 import torch
 import torch.nn.functional as F
@@ -81,12 +82,16 @@ def head_dim(d_model: int, n_heads: int) -> int:
 
 
 def positive_int(name: str, value: object) -> int:
-    """``value`` if it is a positive int, else ``TypeError``/``ValueError`` naming ``name``."""
-    if not isinstance(value, int) or isinstance(value, bool):
+    """``value`` as a Python int if it is a positive integer, else ``TypeError``/``ValueError`` naming ``name``.
+
+    Any integral type counts (``int``, NumPy's ``np.int64`` from ``argmax`` or an array of ranks, ...);
+    ``bool`` does not.
+    """
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool):
         raise TypeError(f"{name}={value!r}: expected a positive int")
     if value <= 0:
         raise ValueError(f"{name}={value}: expected a positive int")
-    return value
+    return int(value)
 
 
 def check_options(*, dropout: float, rope_base: float) -> None:

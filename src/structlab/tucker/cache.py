@@ -55,30 +55,56 @@ class KVCache:
         if len(seqs) != 1:
             raise ValueError(f"cache: new tensors have different lengths {sorted(seqs)}")
         (seq,) = seqs
+        batch = next(iter(new.values())).shape[0]
         for name, t in new.items():
-            buf = self._storage.get(name)
-            if (t.shape[1], t.shape[3]) != self.shapes[name] or (buf is not None and t.shape[0] != buf.shape[0]):
+            if (t.shape[1], t.shape[3]) != self.shapes[name] or t.shape[0] != batch:
                 raise ValueError(
-                    f"cache: {name!r} holds (batch, heads, seq, dim) = "
-                    f"({buf.shape[0] if buf is not None else 'any'}, {self.shapes[name][0]}, seq, "
+                    f"cache: {name!r} holds (batch, heads, seq, dim) = (batch, {self.shapes[name][0]}, seq, "
                     f"{self.shapes[name][1]}); got {tuple(t.shape)} (a cache belongs to one layer and batch)"
                 )
-            if buf is not None and (t.dtype != buf.dtype or t.device != buf.device):
-                raise ValueError(
-                    f"cache: {name!r} holds {buf.dtype} on {buf.device}; got {t.dtype} on {t.device}"
-                )
-        end = self._length + seq
+        start = self._length
+        filled = dict(zip(self.names, self.extend(batch, seq, new[self.names[0]]), strict=True))
         for name, t in new.items():
+            filled[name][:, :, start:] = t
+        return filled
+
+    def extend(self, batch: int, seq: int, like: Tensor) -> tuple[Tensor, ...]:
+        """Count ``seq`` more positions as cached and return, per name in ``names`` order, the filled part
+        (batch, heads, length, dim) whose last ``seq`` positions the caller writes in place.
+
+        This is how a layer's decoding step computes its new keys straight into the cache (no copy);
+        until it writes them, those positions hold garbage. ``like`` gives the dtype and device. Storage
+        grows by doubling. Raises ``ValueError`` for another batch size, dtype or device than the cache
+        holds (a cache belongs to one layer and batch).
+        """
+        end = self._length + seq
+        filled = []
+        for name in self.names:
             buf = self._storage.get(name)
+            if buf is not None and (buf.shape[0] != batch or buf.dtype != like.dtype or buf.device != like.device):
+                raise ValueError(
+                    f"cache: {name!r} holds batch {buf.shape[0]} of {buf.dtype} on {buf.device}; got batch {batch} "
+                    f"of {like.dtype} on {like.device} (a cache belongs to one layer and batch)"
+                )
             if buf is None or buf.shape[2] < end:
+                heads, dim = self.shapes[name]
                 capacity = max(end, 2 * (buf.shape[2] if buf is not None else 0), 16)
-                grown = t.new_empty(t.shape[0], t.shape[1], capacity, t.shape[3])
+                grown = like.new_empty(batch, heads, capacity, dim)
                 if buf is not None:
                     grown[:, :, : self._length] = buf[:, :, : self._length]
                 self._storage[name] = buf = grown
-            buf[:, :, self._length : end] = t
+            filled.append(buf[:, :, :end])
         self._length = end
-        return self.tensors
+        return tuple(filled)
+
+    def truncate(self, length: int) -> None:
+        """Forget the positions from ``length`` on (keeps the storage): the next token sits at ``length``.
+
+        Raises ``ValueError`` for a length outside 0 .. ``self.length``.
+        """
+        if not isinstance(length, int) or not 0 <= length <= self._length:
+            raise ValueError(f"length={length!r}: expected an int in 0 .. {self._length} (the cached positions)")
+        self._length = length
 
     def reset(self) -> None:
         """Forget every cached position (keeps nothing allocated)."""

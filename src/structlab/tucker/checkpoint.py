@@ -113,7 +113,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
     """Read a checkpoint written by :func:`save_checkpoint`; the model is put on ``device``.
 
     Raises ``FileNotFoundError`` for a missing file and ``StructlabError`` for a file that is not a
-    structlab checkpoint (or whose tensors do not fit its model).
+    structlab checkpoint, whose tensors do not fit its model, or whose weights hold NaN or inf.
     """
     path = Path(path)
     if not path.is_file():
@@ -128,6 +128,13 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
         raise StructlabError(f"checkpoint={path}: format {metadata.get('format')!r}, expected {FORMAT!r}")
     model = build_model(metadata["kind"], json.loads(metadata["config"]))
     weights = {k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")}
+    for name, value in weights.items():
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            bad = int((~torch.isfinite(value)).sum())
+            raise StructlabError(
+                f"checkpoint={path}: weight {name!r} {tuple(value.shape)} has {bad} non-finite value(s) (NaN or "
+                "inf); a model with such weights gives meaningless outputs (a diverged training run?)"
+            )
     missing, unexpected = model.load_state_dict(weights, strict=False)
     untied = [name for name in missing if not _is_tied(model, name, weights)]
     if untied or unexpected:

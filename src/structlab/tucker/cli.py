@@ -19,6 +19,10 @@ import torch
 from structlab import runtime
 from structlab.cli import add_command
 
+# Training's evaluation set size when --eval-examples is not given. Checkpoints record the size they were
+# evaluated with (``extra["eval_examples"]``); this default stands in for checkpoints written before that.
+TRAIN_EVAL_EXAMPLES = 128
+
 
 def register(subparsers: Any) -> None:
     """Add the ``tucker`` command group to the ``structlab`` command line."""
@@ -80,11 +84,19 @@ def _training_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weight-decay", type=float, default=0.1, help="AdamW weight decay (default: 0.1)")
     parser.add_argument("--grad-clip", type=float, default=1.0, help="gradient-norm clip, 0 for none (default: 1)")
     parser.add_argument("--eval-every", type=int, default=200, help="evaluate and checkpoint every N steps")
-    parser.add_argument("--eval-examples", type=int, default=128,
-                        help="validation windows (gpt) or test images (vit; 0 = all) (default: 128)")
+    parser.add_argument("--eval-examples", type=int, default=TRAIN_EVAL_EXAMPLES,
+                        help=f"validation windows (gpt) or test images (vit; 0 = all) (default: {TRAIN_EVAL_EXAMPLES})")
     parser.add_argument("--seed", type=int, default=0, help="seed of initialisation and data order")
     _device_option(parser)
     parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast (CUDA)")
+
+
+def _eval_examples_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--eval-examples", type=int, default=None,
+        help="validation windows (gpt) or test images (vit; 0 = all) (default: the evaluation set of the "
+        f"training run, so the numbers equal its val_* ones; {TRAIN_EVAL_EXAMPLES} for older checkpoints)",
+    )
 
 
 def _device_option(parser: argparse.ArgumentParser) -> None:
@@ -101,7 +113,7 @@ def _eval_command(sub: Any) -> None:
         examples="structlab tucker eval runs/lm.safetensors\nstructlab tucker eval runs/vit.safetensors --json",
     )
     ev.add_argument("checkpoint", type=Path)
-    ev.add_argument("--eval-examples", type=int, default=256, help="validation windows or test images (0 = all)")
+    _eval_examples_option(ev)
     ev.add_argument("--json", action="store_true", help="print one JSON object")
     _device_option(ev)
     ev.set_defaults(func=_eval)
@@ -161,7 +173,7 @@ def _compress_command(sub: Any) -> None:
     comp.add_argument("--ranks", required=True, help="R1,R2,R3 for both sides or R1,R2,R3/V1,V2,V3")
     comp.add_argument("--method", choices=("hosvd", "hooi"), default="hosvd")
     comp.add_argument("--out", type=Path, required=True, help="where to write the compressed checkpoint")
-    comp.add_argument("--eval-examples", type=int, default=256, help="validation windows or test images (0 = all)")
+    _eval_examples_option(comp)
     _device_option(comp)
     comp.set_defaults(func=_compress)
 
@@ -169,9 +181,14 @@ def _compress_command(sub: Any) -> None:
 # --- data -------------------------------------------------------------------------------------------
 
 
-def make_task(kind: str, data_name: str, block_size: int = 256, eval_examples: int = 128) -> tuple[Any, dict[str, Any]]:
+def make_task(
+    kind: str, data_name: str, block_size: int = 256, eval_examples: int = TRAIN_EVAL_EXAMPLES
+) -> tuple[Any, dict[str, Any]]:
     """The training task for a model ``kind`` on data set ``data_name`` and what a checkpoint must
-    remember about the data (``extra``)."""
+    remember about the data (``extra``), including the size of the evaluation set, so that ``eval`` and
+    ``compress`` evaluate on the same windows or images as training did."""
+    if not isinstance(eval_examples, int) or eval_examples < 0:
+        raise ValueError(f"eval_examples={eval_examples!r}: expected a non-negative int (0 = all)")
     if kind == "gpt":
         if data_name != "shakespeare":
             raise ValueError(f"data={data_name!r}: the gpt trains on 'shakespeare'")
@@ -179,7 +196,8 @@ def make_task(kind: str, data_name: str, block_size: int = 256, eval_examples: i
 
         corpus = load_shakespeare()
         task = LanguageModelTask(corpus.train, corpus.val, block_size, eval_examples or 512)
-        return task, {"data": "shakespeare", "vocab": corpus.vocab.chars, "val_plays": list(corpus.val_plays)}
+        extra = {"data": "shakespeare", "vocab": corpus.vocab.chars, "val_plays": list(corpus.val_plays)}
+        return task, {**extra, "eval_examples": eval_examples}
     if data_name not in ("fashion-mnist", "digits"):
         raise ValueError(f"data={data_name!r}: the vit trains on 'fashion-mnist' or 'digits'")
     from structlab.tucker.vit import ImageClassificationTask, load_images
@@ -188,7 +206,8 @@ def make_task(kind: str, data_name: str, block_size: int = 256, eval_examples: i
     if eval_examples:
         test_x, test_y = test_x[:eval_examples], test_y[:eval_examples]
     scale = 255.0 if data_name == "fashion-mnist" else 16.0
-    return ImageClassificationTask(train_x, train_y, test_x, test_y, scale=scale), {"data": data_name}
+    task = ImageClassificationTask(train_x, train_y, test_x, test_y, scale=scale)
+    return task, {"data": data_name, "eval_examples": eval_examples}
 
 
 # --- commands ---------------------------------------------------------------------------------------
@@ -240,18 +259,30 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_for_eval(path: Path, device: str, eval_examples: int) -> tuple[Any, Any]:
+def _load_for_eval(path: Path, device: str, eval_examples: int | None) -> tuple[Any, Any]:
+    """The checkpoint at ``path`` and its evaluation task: the one its training run evaluated on unless
+    ``eval_examples`` asks for another size."""
     from structlab.tucker.checkpoint import load_checkpoint
 
     saved = load_checkpoint(path, device=device)
+    if eval_examples is None:
+        eval_examples = saved.extra.get("eval_examples", TRAIN_EVAL_EXAMPLES)
     block = getattr(saved.model.config, "block_size", 256)
     task, _ = make_task(saved.kind, saved.extra.get("data", "shakespeare"), block, eval_examples)
     return saved, task
 
 
+def evaluate_checkpoint(model: torch.nn.Module, saved: Any, task: Any, device: str) -> dict[str, float]:
+    """Training's evaluation (:func:`~structlab.tucker.train.evaluate`, with the run's autocast setting)
+    of ``model`` on ``task``: for the checkpoint's own model and evaluation set this reproduces the
+    ``val_*`` values of its last history entry."""
+    from structlab.tucker.train import evaluate
+
+    return evaluate(model, task, device=device, autocast=bool(saved.train_config.get("autocast", False)))
+
+
 def _eval(args: argparse.Namespace) -> int:
     from structlab.tucker import attention_parameters, kv_cache_bytes
-    from structlab.tucker.train import evaluate
 
     device = _device(args.device)
     saved, task = _load_for_eval(args.checkpoint, device, args.eval_examples)
@@ -262,7 +293,8 @@ def _eval(args: argparse.Namespace) -> int:
         "kind": saved.kind,
         "attention": model.config.attention.label,
         "step": saved.step,
-        **{f"val_{k}": v for k, v in evaluate(model, task, device=device).items()},
+        "eval_examples": len(task.eval_set[1]),
+        **{f"val_{k}": v for k, v in evaluate_checkpoint(model, saved, task, device).items()},
         "parameters": sum(p.numel() for p in model.parameters()),
         "attention_parameters": sum(attention_parameters(a) for a in layers),
     }
@@ -348,23 +380,35 @@ def _compress(args: argparse.Namespace) -> int:
     from structlab.tucker import attention_parameters, compress, relative_errors
     from structlab.tucker.blocks import AttentionSpec
     from structlab.tucker.checkpoint import build_model, save_checkpoint
-    from structlab.tucker.train import evaluate
 
     device = _device(args.device)
-    saved, task = _load_for_eval(args.checkpoint, device, args.eval_examples)
-    model = saved.model
     ranks = parse_ranks(args.ranks)
     qk, vo = ranks if isinstance(ranks[0], tuple) else (ranks, ranks)
-    before = evaluate(model, task, device=device)
+    saved, task = _load_for_eval(args.checkpoint, device, args.eval_examples)
+    model = saved.model
+    if getattr(model.config, "rope", False):
+        raise ValueError(
+            f"checkpoint={args.checkpoint}: the model uses RoPE (a gpt trained without --no-rope); compress "
+            "changes the key latent's basis, which does not commute with RoPE's rotation. Compress a model "
+            "trained with --no-rope (or a vit)"
+        )
+    # Every layer first: a refusal (ranks, non-finite weights) comes before any evaluation.
+    layers = [compress(block.attn, (qk, vo), method=args.method) for block in model.blocks]
+    before = evaluate_checkpoint(model, saved, task, device)
     spec = AttentionSpec("tucker", model.config.attention.n_heads, ranks=qk, value_ranks=vo if vo != qk else None)
     compressed = build_model(saved.kind, {**asdict(model.config), "attention": spec}).to(device)
-    compressed.load_state_dict(model.state_dict(), strict=False)  # everything but the attention layers
+    # Everything but the attention layers, whose tensors have other names or shapes in the source (a
+    # Tucker source at other ranks): load_state_dict(strict=False) skips names, not shapes.
+    outside = {k: v for k, v in model.state_dict().items() if ".attn." not in k}
+    missing, unexpected = compressed.load_state_dict(outside, strict=False)
+    if unexpected or any(".attn." not in k for k in missing):
+        raise AssertionError(f"compress: weights outside attention did not carry over ({missing}, {unexpected})")
     rows = []
-    for i, (src, dst) in enumerate(zip(model.blocks, compressed.blocks, strict=True)):
-        dst.attn = compress(src.attn, (qk, vo), method=args.method)
+    for i, (src, dst, layer) in enumerate(zip(model.blocks, compressed.blocks, layers, strict=True)):
+        dst.attn = layer
         params = (attention_parameters(src.attn), attention_parameters(dst.attn))
         rows.append((i, *params, *relative_errors(src.attn, dst.attn)))
-    after = evaluate(compressed, task, device=device)
+    after = evaluate_checkpoint(compressed, saved, task, device)
     save_checkpoint(args.out, compressed, extra=saved.extra)
     print(f"{'layer':>5}  {'params':>8} -> {'params':<8}  {'err W_qk':>9}  {'err W_vo':>9}")
     for i, p0, p1, e_qk, e_vo in rows:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import math
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -19,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from structlab.tucker.tensors import AttentionLayer, _check_layer, attention_tensors, latent_form, singular, unfold
-from structlab.tucker.tucker import Ranks, TuckerAttention, check_ranks
+from structlab.tucker.tucker import Ranks, TuckerAttention, check_ranks, rank_sequence
 
 
 @dataclass
@@ -39,18 +40,26 @@ class TuckerDecomposition:
 
 
 def _leading(matrix: Tensor, rank: int) -> Tensor:
-    """The ``rank`` leading left singular vectors of ``matrix``."""
-    return singular(matrix)[0][:, :rank]
+    """The ``rank`` leading left singular vectors of ``matrix``, completed to ``rank`` orthonormal columns
+    when ``matrix`` has fewer columns (in HOOI a rank above the product of the other two modes' ranks:
+    the extra directions carry no energy, any orthonormal completion is optimal)."""
+    U = singular(matrix)[0][:, :rank]
+    if U.shape[1] < rank:
+        eye = torch.eye(U.shape[0], dtype=U.dtype, device=U.device)
+        U = torch.cat((U, torch.linalg.qr(torch.cat((U, eye), dim=1)).Q[:, U.shape[1] : rank]), dim=1)
+    return U
 
 
 def _check_decomposition_args(tensor: Tensor, ranks: Sequence[int]) -> tuple[int, int, int]:
     if not isinstance(tensor, Tensor) or tensor.dim() != 3:
         raise ValueError(f"tensor: expected a third-order torch.Tensor; got shape {getattr(tensor, 'shape', None)}")
+    ranks = rank_sequence(ranks)
     if len(ranks) != 3 or not all(
-        isinstance(r, int) and 1 <= r <= n for r, n in zip(ranks, tensor.shape, strict=True)
+        isinstance(r, numbers.Integral) and not isinstance(r, bool) and 1 <= r <= n
+        for r, n in zip(ranks, tensor.shape, strict=True)
     ):
         raise ValueError(f"ranks={tuple(ranks)}: expected three ints, each in 1 .. its mode size {tuple(tensor.shape)}")
-    return tuple(ranks)  # type: ignore[return-value]
+    return tuple(int(r) for r in ranks)  # type: ignore[return-value]
 
 
 def _project(tensor: Tensor, factors: Sequence[Tensor]) -> Tensor:
@@ -114,10 +123,13 @@ def hooi(
 
 
 def _as_parameters(module: nn.Module, **values: Tensor | None) -> None:
-    """Replace ``module``'s parameters by ``values`` (keeping their dtype and device)."""
+    """Replace ``module``'s parameters by ``values`` (in the values' dtype and device, the parameters'
+    memory layout: some Tucker factors are stored transposed for decoding)."""
     for name, value in values.items():
-        if getattr(module, name) is not None:
-            setattr(module, name, nn.Parameter(value.detach().clone().contiguous()))
+        current = getattr(module, name)
+        if current is not None:
+            replacement = torch.empty_like(current, dtype=value.dtype, device=value.device)
+            setattr(module, name, nn.Parameter(replacement.copy_(value.detach())))
 
 
 @torch.no_grad()
@@ -162,6 +174,7 @@ def to_tucker(module: AttentionLayer) -> TuckerAttention:
 
 
 def _split_ranks(ranks: object, module: AttentionLayer) -> tuple[Ranks, Ranks]:
+    ranks = rank_sequence(ranks)
     pair = (
         isinstance(ranks, (tuple, list)) and len(ranks) == 2
         and all(isinstance(r, (tuple, list)) for r in ranks)

@@ -54,3 +54,41 @@ def apply_rotary(x: Tensor, frequencies: Tensor, offset: int = 0) -> Tensor:
     ``frequencies`` has shape (dim/2,) (see :func:`rotary_frequencies`).
     """
     return rotate(x, *rotary_angles(frequencies, offset, x.shape[-2], x))
+
+
+class RotaryTurns:
+    """The rotations exp(i n theta_j) of RoPE as complex numbers, one row per position, times ``scale``.
+
+    For decoding, where each step rotates one position: looking a row up replaces computing the angles,
+    cos and sin (eight small tensor operations) at every step, and the rotation itself becomes one
+    complex multiplication of the pairs ``x[2j] + i x[2j+1]`` (RoFormer eq. 34 in complex form). The
+    rows hold exactly the values :func:`rotary_angles` gives (angles in float64, cast to the dtype), times
+    ``scale`` (which folds a score scale into the queries' rotation). The table is built on first use,
+    grows by doubling, and is rebuilt when the frequencies, dtype or device change.
+    """
+
+    def __init__(self, scale: float = 1.0) -> None:
+        self.scale = scale
+        self._table: Tensor | None = None
+        self._key: tuple | None = None
+
+    def row(self, frequencies: Tensor, position: int, like: Tensor) -> Tensor:
+        """exp(i position theta_j) * scale for every pair j: complex, shape (dim/2,), of ``like``'s precision.
+
+        ``like`` must be float32 or float64 (complex32 has no CPU multiplication).
+        """
+        # An in-place change of the frequencies (load_state_dict) bumps their version; inference tensors
+        # have none (and cannot be changed outside inference mode).
+        version = -1 if frequencies.is_inference() else frequencies._version
+        key = (frequencies.data_ptr(), version, like.dtype, like.device)
+        if self._table is None or key != self._key or position >= self._table.shape[0]:
+            length = max(position + 1, 256, 2 * self._table.shape[0] if key == self._key else 0)
+            cos, sin = rotary_angles(frequencies, 0, length, like)
+            self._table = torch.complex(cos * self.scale, sin * self.scale)
+            self._key = key
+        return self._table[position]
+
+
+def rotate_pairs(x: Tensor, turn: Tensor) -> Tensor:
+    """``x`` (..., dim) with its pairs rotated (and scaled) by ``turn`` (dim/2,) complex: one multiplication."""
+    return torch.view_as_real(torch.view_as_complex(x.unflatten(-1, (-1, 2))) * turn).flatten(-2)

@@ -68,6 +68,21 @@ def _check_layer(module: object, name: str = "module") -> None:
         )
 
 
+def check_finite(module: nn.Module, name: str = "module") -> None:
+    """Raise ``ValueError`` naming the first parameter of ``module`` that holds NaN or inf.
+
+    Non-finite weights do not fail loudly elsewhere: CPU SDPA gives finite outputs for NaN scores, and
+    the SVDs of a decomposition stop with a LAPACK error that names no weight.
+    """
+    for weight_name, weight in module.named_parameters():
+        bad = int((~torch.isfinite(weight.detach())).sum())
+        if bad:
+            raise ValueError(
+                f"{name}: weight {weight_name!r} {tuple(weight.shape)} has {bad} non-finite value(s) (NaN or inf); "
+                "expected finite weights (a diverged training run or a damaged file?)"
+            )
+
+
 def _bias(linear: nn.Linear) -> Tensor | None:
     return None if linear.bias is None else linear.bias.detach()
 
@@ -79,8 +94,10 @@ def latent_form(module: AttentionLayer) -> LatentForm:
     The constructions are the paper's: MHA/GQA with U_q = I, B_i = W_i^Q placed in its key/value
     group's block and U_k = W^K (ranks (n_H, d, n_KV d_H)); MLA with U_q = W^DQ, B_i = W_i^UQ W_i^UK^T,
     U_k = U_v = W^DKV (ranks (n_H, d_cq, d_c) and (n_H, d, d_c)); Tucker with B_i = core x_1 U_head[i].
+    Raises ``TypeError`` for another module and ``ValueError`` for a weight with NaN or inf.
     """
     _check_layer(module)
+    check_finite(module)
     if isinstance(module, TuckerAttention):
         return LatentForm(
             U_q=module.U_q.detach(), B=module.query_cores().detach(), U_k=module.U_k.detach(),
