@@ -88,9 +88,10 @@ def attention_mask(mask: Tensor | None, batch: int, seq: int, past: int) -> Tens
     if mask is None:
         return None
     if not isinstance(mask, Tensor) or mask.is_floating_point() or mask.is_complex():
+        got = f"a tensor of {mask.dtype}" if isinstance(mask, Tensor) else type(mask).__name__
         raise TypeError(
-            f"mask: expected a bool (or 0/1 integer) torch.Tensor of shape (batch, past + seq) or "
-            f"(batch, 1, seq, past + seq); got {type(mask).__name__}{'' if not isinstance(mask, Tensor) else ' of ' + str(mask.dtype)}"
+            "mask: expected a bool (or 0/1 integer) torch.Tensor of shape (batch, past + seq) or "
+            f"(batch, 1, seq, past + seq); got {got}"
         )
     total = past + seq
     if mask.dim() == 2 and tuple(mask.shape) == (batch, total):

@@ -74,7 +74,8 @@ def rotary_table(rotary: Rotary | None, frequencies: Tensor, offset: int, seq: i
     pairs = frequencies.shape[0]
     cos, sin = rotary
     for name, t in (("cos", cos), ("sin", sin)):
-        if t.dim() not in (2, 3) or tuple(t.shape[-2:]) != (seq, pairs) or (t.dim() == 3 and t.shape[0] not in (1, like.shape[0])):
+        batch_ok = t.dim() == 2 or t.shape[0] in (1, like.shape[0])
+        if t.dim() not in (2, 3) or tuple(t.shape[-2:]) != (seq, pairs) or not batch_ok:
             raise ValueError(
                 f"rotary {name} has shape {tuple(t.shape)}: expected ({seq}, {pairs}) or (batch, {seq}, {pairs}) "
                 "(one angle per position and rotated pair)"
