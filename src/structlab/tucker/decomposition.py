@@ -39,8 +39,17 @@ class TuckerDecomposition:
 
 
 def _leading(matrix: Tensor, rank: int) -> Tensor:
-    """The ``rank`` leading left singular vectors of ``matrix``."""
-    return singular(matrix)[0][:, :rank]
+    """The ``rank`` leading left singular vectors of ``matrix``.
+
+    A wide matrix with fewer columns than ``rank`` (in HOOI, a mode rank above the product of the other
+    two) has fewer singular vectors: the basis is completed with orthonormal columns, which carry none
+    of its energy.
+    """
+    U = singular(matrix)[0][:, :rank]
+    if U.shape[1] < rank:
+        eye = torch.eye(U.shape[0], dtype=U.dtype, device=U.device)
+        U = torch.linalg.qr(torch.cat((U, eye), dim=1)).Q[:, :rank]
+    return U
 
 
 def _check_decomposition_args(tensor: Tensor, ranks: Sequence[int]) -> tuple[int, int, int]:
