@@ -206,3 +206,62 @@ def test_bad_ranks_name_the_argument(ranks, method: str, error: type, message: s
 def test_a_non_model_is_a_type_error() -> None:
     with pytest.raises(TypeError, match="model"):
         convert_hf("SmolLM2")
+
+
+# --- the MLA anchor and recovery -----------------------------------------------------------------
+
+
+def test_mla_conversion_of_a_multi_query_model_is_exact_and_caches_its_latent() -> None:
+    from structlab.tucker.hf import replace_attention
+    from structlab.tucker.transmla import gqa_to_mla
+
+    original = build("llama", num_key_value_heads=1)  # one KV head: RoRoPE drops nothing
+    ids = prompts()
+    d_h = 48 // 6
+    with torch.no_grad():
+        reference = original(ids).logits
+        mla = replace_attention(copy.deepcopy(original), lambda gqa: gqa_to_mla(gqa, kv_latent=d_h, rope_dim=d_h))
+        out = mla(ids, use_cache=True)
+    torch.testing.assert_close(out.logits, reference, rtol=1e-9, atol=1e-9)
+    assert hf_kv_cache_bytes(out.cache) == ids.numel() * 2 * (d_h + d_h) * 8  # 2 layers, c_KV + k^R, float64
+    assert greedy(mla, ids[:1], 6).tolist() == greedy(original, ids[:1], 6).tolist()
+
+
+def test_layer_fitting_lowers_every_layers_error_and_distillation_trains_only_attention() -> None:
+    from structlab.tucker.recovery import distill, fit_layers, record_attention
+
+    original = build("llama")
+    converted = convert_hf(copy.deepcopy(original), ranks=(3, 16, 6))
+    batches = prompts(4, 16, seed=11)
+    calibration = record_attention(original, batches)
+    assert len(calibration.inputs) == 2 and calibration.inputs[0].shape == (4, 16, 48)
+    fit = fit_layers(converted, calibration, steps=40, lr=1e-2)
+    assert all(a < 0.9 * b for a, b in zip(fit["after"], fit["before"], strict=True))
+    frozen = converted.lm_head.weight.clone()
+    result = distill(converted, original, batches, steps=3, lr=1e-3)
+    assert len(result["losses"]) == 3 and all(math.isfinite(v) for v in result["losses"])
+    assert torch.equal(converted.lm_head.weight, frozen) and converted.lm_head.weight.requires_grad
+
+
+# --- the real model --------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_smollm2_exact_conversion_equals_the_original_and_generates_the_same_tokens() -> None:
+    from structlab import data
+
+    if data.find("smollm2") is None:
+        pytest.skip(data.missing_message("smollm2"))
+    from structlab.tucker.llm import load_smollm2
+
+    model, tokenizer = load_smollm2()
+    ids = tokenizer("To be, or not to be, that is the question:", return_tensors="pt").input_ids
+    with torch.no_grad():
+        reference = model(ids).logits
+        converted = convert_hf(copy.deepcopy(model))
+        assert (converted(ids).logits - reference).abs().max() < 1e-3
+    assert greedy(converted, ids, 12).tolist() == greedy(model, ids, 12).tolist()
+    compressed = convert_hf(model, ranks=((9, 576, 48), (9, 576, 48)))
+    with torch.no_grad():
+        out = compressed(ids, use_cache=True)
+    assert hf_kv_cache_bytes(out.cache) == 30 * ids.shape[1] * 96 * 4  # 4x below GQA's 384 numbers per token

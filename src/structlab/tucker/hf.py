@@ -25,6 +25,7 @@ What a converter must respect (transformers' ``modeling_llama.py``):
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Literal
 
 import torch
@@ -333,10 +334,26 @@ def convert_hf(
     """
     from structlab.tucker.rotary_compress import compress_rotary
 
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model: expected a transformers causal LM (a torch.nn.Module); got {type(model).__name__}")
     if method not in ("hosvd", "hooi"):
         raise ValueError(f"method={method!r}: expected 'hosvd' or 'hooi'")
+
+    def build(gqa: GroupedQueryAttention) -> AttentionLayer:
+        return to_tucker(gqa) if ranks is None else compress_rotary(gqa, ranks, method)
+
+    return replace_attention(model, build)
+
+
+def replace_attention(model: nn.Module, build: Callable[[GroupedQueryAttention], AttentionLayer]) -> nn.Module:
+    """Replace every Llama-family attention module of ``model`` by an :class:`HFAttention` around
+    ``build(gqa)``, where ``gqa`` is the module as an exact float64 :class:`GroupedQueryAttention` and the
+    built layer rotates its latent pairs at frequencies of the model's RoPE (``rope_frequencies``; for
+    MLA with decoupled RoPE, its rotary key's). All layers are built before any is swapped in.
+
+    Raises ``TypeError``/``ValueError`` as :func:`convert_hf` does; an error from ``build`` is re-raised
+    with the module's name in front.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model: expected a transformers causal LM (a torch.nn.Module); got {type(model).__name__}")
     modules = attention_modules(model)
     inv_freq = rotary_inv_freq(model)
     replacements = []
@@ -344,14 +361,15 @@ def convert_hf(
         weight = module.q_proj.weight
         gqa = as_gqa(module, name, inv_freq)
         try:
-            tucker = to_tucker(gqa) if ranks is None else compress_rotary(gqa, ranks, method)
+            layer = build(gqa)
         except (TypeError, ValueError) as err:
             raise type(err)(f"{name}: {err}") from err
         dtype = weight.dtype if weight.is_floating_point() else torch.float32
-        tucker = tucker.to(dtype=dtype, device=weight.device).train(module.training)
-        tucker.rope_frequencies = tucker.rope_frequencies.double()
-        index = rope_index_of(tucker.rope_frequencies, inv_freq).to(weight.device)
-        replacements.append((name, HFAttention(tucker, module.layer_idx, index)))
+        frequencies = layer.rope_frequencies.double().cpu()
+        layer = layer.to(dtype=dtype, device=weight.device).train(module.training)
+        layer.rope_frequencies = frequencies.to(weight.device)
+        index = rope_index_of(frequencies, inv_freq).to(weight.device)
+        replacements.append((name, HFAttention(layer, module.layer_idx, index)))
     for name, replacement in replacements:  # every layer converted: swap them in
         parent_name, _, attr = name.rpartition(".")
         setattr(model.get_submodule(parent_name) if parent_name else model, attr, replacement)

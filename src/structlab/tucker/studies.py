@@ -737,3 +737,7 @@ def _distill(student: torch.nn.Module, teacher: torch.nn.Module, plan: MiniLMPla
     ctx.log(f"fine-tuned {plan.finetune.steps} steps on {len(train)} WordPiece tokens of {len(train_names)} plays")
     return {"val_cosine_before": before, "val_cosine_after": result.final["val_cosine"], "seconds": result.seconds,
             "train_plays": train_names, "train_tokens": len(train), "history": result.history}
+
+
+# The SmolLM2 study lives in its own module; importing it registers ``tucker/smollm``.
+from structlab.tucker import smollm_study  # noqa: E402, F401
