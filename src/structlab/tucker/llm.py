@@ -54,7 +54,14 @@ def load_smollm2(cache: bool = True) -> tuple[Any, Any]:
     if cache:
         saved.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=saved.parent, prefix=".saving-") as tmp:
-            model.save_pretrained(tmp)
+            # save_pretrained refuses a model loaded through the GGUF quantiser; its weights are plain
+            # float32 by now, so the configuration (without the GGUF entry) and the weights go separately.
+            from safetensors.torch import save_model
+
+            settings = model.config.to_dict()
+            settings.pop("quantization_config", None)
+            type(model.config).from_dict(settings).save_pretrained(tmp)
+            save_model(model, str(Path(tmp) / "model.safetensors"))
             tokenizer.save_pretrained(tmp)
             shutil.rmtree(saved, ignore_errors=True)
             Path(tmp).rename(saved)

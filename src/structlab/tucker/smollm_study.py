@@ -210,7 +210,8 @@ def run_smollm(ctx: StudyContext, plan: SmolLMPlan) -> StudyResult:
 
     figure = ctx.figure_path("perplexity.png")
     _perplexity_figure(figure, base, records, n_layers)
-    claims = [_exact_claim(difference, base, exact_ppl["perplexity"]), _goal_claim(conversions, base),
+    goal = goal_record(conversions, base)
+    claims = [_exact_claim(difference, base, exact_ppl["perplexity"]), _goal_claim(goal, base),
               _decay_claim(energy_records, "pretrained SmolLM2-135M"), _recovery_claim(conversions)]
     recovery_rows = []
     for label, c in conversions.items():
@@ -238,7 +239,7 @@ def run_smollm(ctx: StudyContext, plan: SmolLMPlan) -> StudyResult:
               ["model", "layer", "side", "head", "query|output", "key|value"], _energy_rank_rows(energy_records)),
     ]
     metrics = {"original": records["original"], "exact": records["exact"], "conversions": conversions,
-               "energy_ranks": energy_records, "load_seconds": load_seconds,
+               "goal": goal, "energy_ranks": energy_records, "load_seconds": load_seconds,
                "gqa_numbers_per_token_per_layer": gqa_numbers}
     summary = _scale_note(ctx) + (
         f"SmolLM2-135M-Instruct (GGUF Q4_1, dequantised): perplexity {base:.2f} on {original['tokens']} held-out "
@@ -297,15 +298,25 @@ def _exact_claim(difference: float, base: float, exact: float) -> Claim:
     )
 
 
-def _goal_claim(conversions: dict[str, dict[str, Any]], base: float) -> Claim:
+def goal_record(conversions: dict[str, dict[str, Any]], base: float) -> dict[str, Any] | None:
+    """The best Tucker and the best MLA conversion at ``GOAL_FRACTION`` after their last recovery stage."""
     goal = {k: c for k, c in conversions.items() if c["fraction"] == GOAL_FRACTION}
     tucker = {k: _final(c) for k, c in goal.items() if c["family"] == "tucker"}
     mla = {k: _final(c) for k, c in goal.items() if c["family"] == "mla"}
     if not tucker or not mla:
-        return Claim("Goal: at a 4x smaller KV cache, perplexity within 10% of the original and below MLA's",
-                     "not measured at this scale", "not measured")
+        return None
     best_label, (best, stage) = min(tucker.items(), key=lambda kv: kv[1][0])
     mla_label, (mla_ppl, mla_stage) = min(mla.items(), key=lambda kv: kv[1][0])
+    return {"tucker": best_label, "tucker_perplexity": best, "tucker_stage": stage, "ratio_to_original": best / base,
+            "mla": mla_label, "mla_perplexity": mla_ppl, "mla_stage": mla_stage}
+
+
+def _goal_claim(goal: dict[str, Any] | None, base: float) -> Claim:
+    if goal is None:
+        return Claim("Goal: at a 4x smaller KV cache, perplexity within 10% of the original and below MLA's",
+                     "not measured at this scale", "not measured")
+    best_label, best, stage = goal["tucker"], goal["tucker_perplexity"], goal["tucker_stage"]
+    mla_label, mla_ppl, mla_stage = goal["mla"], goal["mla_perplexity"], goal["mla_stage"]
     within = best <= GOAL_PERPLEXITY_RATIO * base
     below = best < mla_ppl
     verdict = "agrees" if within and below else "partly agrees" if within or below else "disagrees"
