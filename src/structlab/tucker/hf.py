@@ -25,7 +25,7 @@ What a converter must respect (transformers' ``modeling_llama.py``):
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import torch
@@ -309,6 +309,8 @@ def convert_hf(
     model: nn.Module,
     ranks: Ranks | tuple[Ranks, Ranks] | None = None,
     method: Literal["hosvd", "hooi"] = "hosvd",
+    *,
+    input_covariances: Sequence[Tensor] | None = None,
 ) -> nn.Module:
     """Convert every self-attention module of a ``transformers`` Llama-family causal LM to Tucker Attention.
 
@@ -321,6 +323,10 @@ def convert_hf(
             RoPE exact by compressing the key latent per rotation frequency
             (:func:`~structlab.tucker.rotary_compress.compress_rotary`).
         method: "hosvd" or "hooi", as in :func:`~structlab.tucker.compress`.
+        input_covariances: optional, one (d, d) second moment E[x x^T] of the attention inputs per layer
+            (:func:`~structlab.tucker.recovery.input_covariances` measures them on calibration text):
+            compression then weights its errors by the inputs each layer sees (activation-aware). Without
+            them every input direction counts alike, which for pretrained LLMs keeps the wrong ones.
 
     Returns ``model``, converted in place: each attention module is replaced by an :class:`HFAttention`
     holding a :class:`~structlab.tucker.TuckerAttention` in the dtype and device of the weights; the
@@ -337,8 +343,19 @@ def convert_hf(
     if method not in ("hosvd", "hooi"):
         raise ValueError(f"method={method!r}: expected 'hosvd' or 'hooi'")
 
+    covariances = None if input_covariances is None else list(input_covariances)
+    if covariances is not None and len(covariances) != len(attention_modules(model)):
+        raise ValueError(
+            f"input_covariances: {len(covariances)} matrices; expected one per attention module "
+            f"({len(attention_modules(model))})"
+        )
+    layer = iter(range(len(covariances or [])))
+
     def build(gqa: GroupedQueryAttention) -> AttentionLayer:
-        return to_tucker(gqa) if ranks is None else compress_rotary(gqa, ranks, method)
+        covariance = None if covariances is None else covariances[next(layer)]
+        if ranks is None:
+            return to_tucker(gqa)
+        return compress_rotary(gqa, ranks, method, input_covariance=covariance)
 
     return replace_attention(model, build)
 

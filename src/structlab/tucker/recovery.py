@@ -61,6 +61,13 @@ def record_attention(model: nn.Module, batches: Tensor) -> Calibration:
     return Calibration([torch.cat(x) for x in inputs], [torch.cat(y) for y in outputs], (cos, sin))
 
 
+def input_covariances(calibration: Calibration) -> list[Tensor]:
+    """Per layer, the second moment E[x x^T] (d, d, float64) of the recorded attention inputs."""
+    return [
+        (lambda flat: flat.T @ flat / len(flat))(x.reshape(-1, x.shape[-1]).double()) for x in calibration.inputs
+    ]
+
+
 def _relative_error(layer: HFAttention, x: Tensor, y: Tensor, tables: tuple[Tensor, Tensor]) -> Tensor:
     return (layer(x, position_embeddings=tables)[0] - y).pow(2).sum() / y.pow(2).sum().clamp_min(1e-30)
 

@@ -36,7 +36,7 @@ import torch
 from torch import Tensor
 
 from structlab.tucker.decomposition import _as_parameters, _split_ranks, hooi, hosvd
-from structlab.tucker.tensors import AttentionLayer, _check_layer, attention_tensors, latent_form
+from structlab.tucker.tensors import AttentionLayer, _check_layer, latent_form
 from structlab.tucker.tucker import TuckerAttention
 
 
@@ -68,11 +68,33 @@ def _top(gram: Tensor, rank: int) -> Tensor:
     return vectors[:, values.argsort(descending=True)[:rank]]
 
 
+def whitening(covariance: Tensor | None, d: int) -> Tensor | None:
+    """L with L L^T = covariance (plus a small ridge), so u = L^-1 x has identity second moment; None for None.
+
+    Raises ``ValueError`` for a covariance that is not a (d, d) matrix.
+    """
+    if covariance is None:
+        return None
+    if not isinstance(covariance, Tensor) or tuple(covariance.shape) != (d, d):
+        raise ValueError(
+            f"covariance of shape {tuple(getattr(covariance, 'shape', ()))}: expected ({d}, {d}), the second "
+            "moment E[x x^T] of the layer's inputs"
+        )
+    sigma = covariance.double().cpu()
+    sigma = (sigma + sigma.T) / 2
+    ridge = 1e-6 * float(sigma.diagonal().mean().clamp_min(1e-30))
+    return torch.linalg.cholesky(sigma + ridge * torch.eye(d, dtype=torch.float64))
+
+
 class _RotaryTensor:
     """The RoPE-averaged query-key tensor of a layer, one complex (n_H, d, n_f) block per frequency, in
-    orthonormal reduced key coordinates w = V^H x (so Frobenius norms are those of the score form)."""
+    orthonormal reduced key coordinates w = V^H u (so Frobenius norms are those of the score form).
 
-    def __init__(self, module: AttentionLayer) -> None:
+    Inputs are measured in u = L^-1 x when a whitening L is given (then the norms are the expected squared
+    score errors over inputs of second moment L L^T), else u = x.
+    """
+
+    def __init__(self, module: AttentionLayer, L: Tensor | None = None) -> None:
         form = latent_form(module)
         if form.rope_frequencies is None:
             raise ValueError("module has no RoPE: use compress, which is exact at full ranks without it")
@@ -81,22 +103,34 @@ class _RotaryTensor:
                 "module has a shared key/value latent (MLA with latent RoPE): its values would rotate with "
                 "the keys; convert it with to_tucker first or compress a layer with separate latents"
             )
-        self.form = form
-        U_q, B, U_k = form.U_q.double(), form.B.double(), form.U_k.double()
-        self.key_input = U_k if form.key_bias is None else torch.cat((U_k, form.key_bias.double()[None]), dim=0)
-        query = torch.einsum("dp,hpr->hdr", U_q, B)  # the query latent of head i is x @ query[i]
+        self.form, self.L = form, L
+        U_q, B, U_k = form.U_q.double().cpu(), form.B.double().cpu(), form.U_k.double().cpu()
+        if L is not None:  # x = L u
+            U_q, U_k = L.T @ U_q, L.T @ U_k
+        key_bias = None if form.key_bias is None else form.key_bias.double().cpu()
+        self.key_input = U_k if key_bias is None else torch.cat((U_k, key_bias[None]), dim=0)
+        query = torch.einsum("dp,hpr->hdr", U_q, B)  # the query latent of head i is u @ query[i]
         frequencies = form.rope_frequencies.double().cpu()
         self.frequencies, groups = torch.unique(frequencies, return_inverse=True)
         self.pairs = [torch.nonzero(groups == f).flatten() for f in range(len(self.frequencies))]
         self.blocks, self.reducers = [], []
         for pairs in self.pairs:
-            Z = _pair_complex(self.key_input, pairs).T  # (n_f, D): z = Z x~
+            Z = _pair_complex(self.key_input, pairs).T  # (n_f, D): z = Z u~
             U, S, Vh = torch.linalg.svd(Z, full_matrices=False)
-            Y = _pair_complex(query, pairs)  # (n_H, d, n_f): y_i = Y_i^T x  (x real)
-            # s = Re(y^H e^(i phi) z) = Re(x^T conj(Y) U S w e^(i phi)) with w = Vh x~.
+            Y = _pair_complex(query, pairs)  # (n_H, d, n_f): y_i = Y_i^T u  (u real)
+            # s = Re(y^H e^(i phi) z) = Re(u^T conj(Y) U S w e^(i phi)) with w = Vh u~.
             self.blocks.append(torch.einsum("hdn,nm,m->hdm", Y.conj(), U, S.to(torch.complex128)))
             self.reducers.append((U, S, Vh))
         self.total = sum(float(b.abs().pow(2).sum()) for b in self.blocks)
+
+    def to_input(self, rows: Tensor) -> Tensor:
+        """Rows acting on u~ = [u; 1] (or u) as rows acting on x~ = [x; 1]: the first d columns times L^-1."""
+        if self.L is None:
+            return rows
+        d = self.L.shape[0]
+        # rows_x = rows_u L^-1: (L^-T rows_u^T)^T; L^-T v solves L^T y = v
+        head = torch.linalg.solve_triangular(self.L.T.to(rows.dtype), rows[:, :d].T, upper=True).T
+        return torch.cat((head, rows[:, d:]), dim=1)
 
 
 def _project(block: Tensor, U_head: Tensor | None, U_q: Tensor | None, E: Tensor | None) -> Tensor:
@@ -162,6 +196,43 @@ def rotary_tucker(
     return U_head, U_q, E, fit / max(tensor.total, 1e-300)
 
 
+def _complete(U: Tensor, rank: int) -> Tensor:
+    """``U`` (orthonormal columns) extended by orthonormal columns to ``rank`` columns."""
+    if U.shape[1] >= rank:
+        return U[:, :rank]
+    eye = torch.eye(U.shape[0], dtype=U.dtype)
+    return torch.linalg.qr(torch.cat((U, eye), dim=1)).Q[:, :rank]
+
+
+def value_side(module: AttentionLayer, ranks: tuple[int, int, int], method: str, max_iter: int, tol: float,
+               L: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(core_v, U_head_v, U_o, U_v) of the HOSVD (or HOOI) of W_vo, value inputs measured in u = L^-1 x.
+
+    W_vo[i] = U_o C_i U_v^T is reduced first: with U_o = Q_o R_o and U_v = Q_v R_v (thin QR), the tensor
+    C x_2 R_o x_3 R_v has the same singular values in every mode and is at most (n_H, d, s), so the SVDs
+    are small; the factors are mapped back through Q_o and Q_v (and L^-T). A rank above a reduced mode's
+    size is completed with orthonormal columns that carry no energy.
+    """
+    form = latent_form(module)
+    C, U_o, U_v = form.C.double().cpu(), form.U_o.double().cpu(), form.U_v.double().cpu()
+    if L is not None:
+        U_v = L.T @ U_v
+    Q_o, R_o = torch.linalg.qr(U_o)
+    Q_v, R_v = torch.linalg.qr(U_v)
+    reduced = torch.einsum("hos,ao,bs->hab", C, R_o, R_v)
+    capped = tuple(min(r, n) for r, n in zip(ranks, reduced.shape, strict=True))
+    dec = hosvd(reduced, capped)
+    if method == "hooi":
+        dec = hooi(reduced, capped, init=dec, max_iter=max_iter, tol=tol)
+    U_head_v, U_o_new, U_v_new = dec.factors
+    U_o_new, U_v_new = _complete(Q_o @ U_o_new, ranks[1]), _complete(Q_v @ U_v_new, ranks[2])
+    if L is not None:  # rows of U_v^T act on u = L^-1 x: as columns on x, L^-T U_v
+        U_v_new = torch.linalg.solve_triangular(L.T, U_v_new, upper=True)
+    core = torch.zeros(ranks, dtype=torch.float64)
+    core[: capped[0], : capped[1], : capped[2]] = dec.core
+    return core, _complete(U_head_v, ranks[0]), U_o_new, U_v_new
+
+
 @torch.no_grad()
 def compress_rotary(
     module: AttentionLayer,
@@ -170,6 +241,7 @@ def compress_rotary(
     *,
     max_iter: int = 100,
     tol: float = 1e-6,
+    input_covariance: Tensor | None = None,
 ) -> TuckerAttention:
     """A Tucker Attention layer with latent RoPE approximating a RoPE layer ``module`` at lower ranks.
 
@@ -181,6 +253,12 @@ def compress_rotary(
             even, and at most the module's key latent size.
         method: "hosvd" or "hooi" (started from the HOSVD, never worse on the averaged score form).
         max_iter, tol: HOOI's sweep limit and relative stopping tolerance.
+        input_covariance: optional (d, d) second moment E[x x^T] of the layer's inputs (e.g. from
+            calibration text): the errors are then weighted by the inputs the layer sees, the
+            activation-aware decomposition (the query, key and value input modes are whitened by its
+            Cholesky factor before the SVDs and mapped back after). Without it all input directions
+            count alike, which for a pretrained LLM (whose normalised inputs have a few dimensions of very
+            large scale) keeps the wrong directions.
 
     The key mode is compressed per rotation frequency with complex factors (see the module docstring),
     so the result's latent RoPE is exact: each kept latent pair rotates at one of ``module``'s
@@ -195,7 +273,8 @@ def compress_rotary(
     if not module.rope:
         raise ValueError("module has rope=False: use compress (this function keeps RoPE exact in the latent)")
     qk_ranks, vo_ranks = _split_ranks(ranks, module)
-    tensor = _RotaryTensor(module)
+    L = whitening(input_covariance, module.d_model)
+    tensor = _RotaryTensor(module, L)
     latent = tensor.form.U_k.shape[1]
     if qk_ranks[2] % 2 or qk_ranks[2] > latent:
         raise ValueError(
@@ -214,7 +293,7 @@ def compress_rotary(
             continue
         U, S, Vh = tensor.reducers[f]
         cores.append(_project(block, U_head, U_q, e))  # (r1, r2, k_f) complex
-        key_rows.append(e.conj().T @ Vh)  # (k_f, D)
+        key_rows.append(tensor.to_input(e.conj().T @ Vh))  # (k_f, D), acting on x~
         freqs.append(tensor.frequencies[f].repeat(e.shape[1]))
         if form.query_bias is not None:
             # Head i's bias pairs beta (n_f) score Re(beta^H e^(i phi) z), z ~ U S E c: new bias E^H S U^H beta.
@@ -228,10 +307,8 @@ def compress_rotary(
     r3 = core_real.shape[-1]
     qk_ranks = (qk_ranks[0], qk_ranks[1], r3)
 
-    W_vo = attention_tensors(module)[1].double()
-    vo = hosvd(W_vo, vo_ranks)
-    if method == "hooi":
-        vo = hooi(W_vo, vo_ranks, init=vo, max_iter=max_iter, tol=tol)
+    core_v, U_head_v, U_o, U_v = value_side(module, vo_ranks, method, max_iter, tol, L)
+    U_q = tensor.to_input(U_q.T).T  # columns act on x
     tucker = TuckerAttention(
         module.d_model, module.n_heads, qk_ranks, vo_ranks, causal=module.causal, rope=True, bias=form.has_bias,
         dropout=module.dropout, rope_frequencies=frequencies,
@@ -239,10 +316,9 @@ def compress_rotary(
     ratio = form.scale / tucker.head_dim**-0.5
     d = module.d_model
     cast = {"dtype": dtype, "device": device}
-    U_head_v, U_o, U_v = vo.factors
     _as_parameters(
         tucker, core=(core_real * ratio).to(**cast), U_head=U_head.to(**cast), U_q=U_q.to(**cast),
-        U_k=key_real[:d].to(**cast), core_v=vo.core.to(**cast), U_head_v=U_head_v.to(**cast), U_o=U_o.to(**cast),
+        U_k=key_real[:d].to(**cast), core_v=core_v.to(**cast), U_head_v=U_head_v.to(**cast), U_o=U_o.to(**cast),
         U_v=U_v.to(**cast),
     )
     if form.has_bias:

@@ -51,6 +51,7 @@ class SmolLMPlan:
     calib_windows: int
     calib_length: int
     seeds: tuple[int, ...]
+    weights_only: bool
     fractions: tuple[float, ...]
     head_query: tuple[tuple[int, int], ...]
     method: str
@@ -64,12 +65,13 @@ class SmolLMPlan:
 
 SMOLLM_PLANS = {
     "quick": SmolLMPlan(eval_windows=2, eval_length=96, calib_windows=4, calib_length=64, seeds=(0,),
-                        fractions=(GOAL_FRACTION,), head_query=((6, 288),), method="hosvd", hooi_iterations=0,
+                        weights_only=False, fractions=(GOAL_FRACTION,), head_query=(), method="hosvd",
+                        hooi_iterations=0,
                         recover=(GOAL_FRACTION,), fit_steps=8, fit_lr=2e-3, distill_steps=0, distill_lr=0.0),
-    "full": SmolLMPlan(eval_windows=8, eval_length=512, calib_windows=16, calib_length=256, seeds=(0, 1, 2),
-                       fractions=(0.5, GOAL_FRACTION, 0.125), head_query=((9, 288), (6, 384)), method="hooi",
-                       hooi_iterations=5, recover=(GOAL_FRACTION,), fit_steps=150, fit_lr=1e-3,
-                       distill_steps=40, distill_lr=2e-5),
+    "full": SmolLMPlan(eval_windows=6, eval_length=512, calib_windows=16, calib_length=256, seeds=(0, 1, 2),
+                       weights_only=True, fractions=(0.5, GOAL_FRACTION, 0.125), head_query=((9, 288), (6, 384)),
+                       method="hooi", hooi_iterations=5, recover=(GOAL_FRACTION,), fit_steps=150, fit_lr=1e-3,
+                       distill_steps=30, distill_lr=2e-5),
 }
 
 
@@ -108,9 +110,8 @@ def run_smollm(ctx: StudyContext, plan: SmolLMPlan) -> StudyResult:
         rotary_inv_freq,
     )
     from structlab.tucker.llm import load_smollm2, max_logit_difference, perplexity, play_tokens, windows
-    from structlab.tucker.recovery import distill, fit_layers, record_attention
+    from structlab.tucker.recovery import distill, fit_layers, input_covariances, record_attention
     from structlab.tucker.text import VALIDATION_PLAYS, play_texts
-    from structlab.tucker.transmla import gqa_to_mla, rope_split
 
     try:
         model_source = datasets.resolve("smollm2")
@@ -166,46 +167,59 @@ def run_smollm(ctx: StudyContext, plan: SmolLMPlan) -> StudyResult:
     del gqas
     del exact
 
-    # Compressions at each budget, then recovery.
-    conversions: dict[str, dict[str, Any]] = {}
+    # Compressions at each budget: from the weights alone, then activation-aware (the seed draws the
+    # calibration windows whose input second moments weight the decomposition), then recovered.
+    variants = _variants(plan, n_heads, d, d_h, gqa_numbers)
+    conversions: dict[str, dict[str, Any]] = {
+        v.label: {"family": v.family, "fraction": v.fraction, "runs": []} for v in variants}
 
-    def tucker_build(ranks_qk: tuple[int, int, int], ranks_vo: tuple[int, int, int]):
-        from structlab.tucker.rotary_compress import compress_rotary
+    def convert(variant: Variant, covariances: list[torch.Tensor] | None) -> tuple[torch.nn.Module, float]:
+        began = time.process_time()
+        converted = replace_attention(copy.deepcopy(model), variant.builder(covariances))
+        return converted, time.process_time() - began
 
-        return lambda gqa: compress_rotary(gqa, (ranks_qk, ranks_vo), plan.method, max_iter=plan.hooi_iterations)
-
-    for fraction in plan.fractions:
-        budget = int(round(fraction * gqa_numbers))
-        r3 = v3 = budget // 2 - (budget // 2) % 2
-        variants = [(f"Tucker {fraction:.3g} ({n_heads},{d},{r3})/({n_heads},{d},{v3})", "tucker",
-                     tucker_build((n_heads, d, r3), (n_heads, d, v3)))]
-        if fraction == GOAL_FRACTION:
-            for r1, r2 in plan.head_query:
-                variants.append((f"Tucker {fraction:.3g} ({r1},{r2},{r3})/({r1},{r2},{v3})", "tucker",
-                                 tucker_build((r1, r2, r3), (r1, r2, v3))))
-        kv_latent, rope_dim = rope_split(budget, d_h)
-        variants.append((f"MLA {fraction:.3g} (d_c={kv_latent}, d_R={rope_dim})", "mla",
-                         lambda gqa, c=kv_latent, r=rope_dim: gqa_to_mla(gqa, c, r)))
-        for label, family, build in variants:
-            began = time.process_time()
-            converted = replace_attention(copy.deepcopy(model), build)
-            convert_cpu = time.process_time() - began
-            numbers = kv_cache_bytes(attention_layers(converted)[0], 1, torch.float32) // 4
-            ppl = evaluate(converted)
-            conversions[label] = {"family": family, "fraction": fraction, "numbers": numbers,
-                                  "convert_cpu_seconds": convert_cpu, **ppl}
-            rows.append(_variant_row(label, family, numbers, spread([ppl["perplexity"]]), base, "none", n_layers))
-            ctx.log(f"{label}: {numbers} numbers/token/layer, perplexity {ppl['perplexity']:.2f}")
-            if fraction in plan.recover and (family == "mla" or label.endswith(f"({n_heads},{d},{v3})")):
-                conversions[label]["recovered"] = _recover(ctx, plan, model, converted, calibration_text, evaluate,
-                                                           record_attention, fit_layers, distill, windows)
-                for stage in ("fit", "distill"):
-                    runs = [r[stage] for r in conversions[label]["recovered"] if stage in r]
-                    if runs:
-                        rows.append(_variant_row(label, family, numbers, spread(r["perplexity"] for r in runs), base,
-                                                 "layer fit" if stage == "fit" else "layer fit + distillation",
-                                                 n_layers))
+    if plan.weights_only:
+        for v in variants:
+            if v.main:
+                converted, cpu = convert(v, None)
+                conversions[v.label]["weights_only"] = {**evaluate(converted), "convert_cpu_seconds": cpu}
+                ctx.log(f"{v.label}, weights only: perplexity {conversions[v.label]['weights_only']['perplexity']:.1f}")
+                del converted
+    for seed in plan.seeds:
+        gen = torch.Generator().manual_seed(seed)
+        batches = windows(calibration_text, plan.calib_length, plan.calib_windows, generator=gen)
+        calibration = record_attention(model, batches)
+        covariances = input_covariances(calibration)
+        for v in variants:
+            if seed != plan.seeds[0] and not v.recover:
+                continue
+            converted, cpu = convert(v, covariances)
+            record = conversions[v.label]
+            record["numbers"] = kv_cache_bytes(attention_layers(converted)[0], 1, torch.float32) // 4
+            run: dict[str, Any] = {"seed": seed, "aware": {**evaluate(converted), "convert_cpu_seconds": cpu}}
+            ctx.log(f"{v.label}, seed {seed}: {record['numbers']} numbers/token/layer, activation-aware perplexity "
+                    f"{run['aware']['perplexity']:.2f} ({cpu:.0f} CPU s)")
+            if v.recover:
+                fit = fit_layers(converted, calibration, plan.fit_steps, plan.fit_lr, generator=gen, log=ctx.log)
+                run["fit"] = {**fit, **evaluate(converted)}
+                ctx.log(f"layer fit in {fit['cpu_seconds']:.0f} CPU s -> perplexity {run['fit']['perplexity']:.2f}")
+                if plan.distill_steps > 0:
+                    result = distill(converted, model, batches, plan.distill_steps, plan.distill_lr, generator=gen,
+                                     log=ctx.log)
+                    run["distill"] = {**result, **evaluate(converted)}
+                    ctx.log(f"distillation in {result['cpu_seconds']:.0f} CPU s -> perplexity "
+                            f"{run['distill']['perplexity']:.2f}")
+            record["runs"].append(run)
             del converted
+        del calibration, covariances
+    for label, c in conversions.items():
+        if "weights_only" in c:
+            rows.append(_variant_row(label, c["family"], c["numbers"], spread([c["weights_only"]["perplexity"]]),
+                                     base, "none (weights only)", n_layers))
+        for stage, name in STAGES:
+            values = [r[stage]["perplexity"] for r in c["runs"] if stage in r]
+            if values:
+                rows.append(_variant_row(label, c["family"], c["numbers"], spread(values), base, name, n_layers))
     records["conversions"] = conversions
 
     figure = ctx.figure_path("perplexity.png")
@@ -215,8 +229,8 @@ def run_smollm(ctx: StudyContext, plan: SmolLMPlan) -> StudyResult:
               _decay_claim(energy_records, "pretrained SmolLM2-135M"), _recovery_claim(conversions)]
     recovery_rows = []
     for label, c in conversions.items():
-        for r in c.get("recovered", []):
-            recovery_rows.append([label, r["seed"], f"{c['perplexity']:.3f}", f"{r['fit']['perplexity']:.3f}",
+        for r in (r for r in c["runs"] if "fit" in r):
+            recovery_rows.append([label, r["seed"], f"{r['aware']['perplexity']:.3f}", f"{r['fit']['perplexity']:.3f}",
                                   f"{statistics.fmean(r['fit']['before']):.4f}",
                                   f"{statistics.fmean(r['fit']['after']):.4f}", f"{r['fit']['cpu_seconds']:.0f}",
                                   f"{r['distill']['perplexity']:.3f}" if "distill" in r else "",
@@ -244,7 +258,7 @@ def run_smollm(ctx: StudyContext, plan: SmolLMPlan) -> StudyResult:
     summary = _scale_note(ctx) + (
         f"SmolLM2-135M-Instruct (GGUF Q4_1, dequantised): perplexity {base:.2f} on {original['tokens']} held-out "
         f"tokens; exact Tucker conversion max |logit difference| {difference:.1e}. "
-        + "; ".join(f"{label}: {c['perplexity']:.2f}" for label, c in conversions.items()) + "."
+        + "; ".join(f"{label}: {_final(c)[0]:.2f} ({_final(c)[1]})" for label, c in conversions.items()) + "."
     )
     return StudyResult(
         part="tucker", study=ctx.study, title="SmolLM2-135M in Tucker form", scale=ctx.scale, summary=summary,
@@ -255,37 +269,62 @@ def run_smollm(ctx: StudyContext, plan: SmolLMPlan) -> StudyResult:
     )
 
 
-def _recover(ctx, plan, model, converted, calibration_text, evaluate, record_attention, fit_layers, distill,
-             windows) -> list[dict[str, Any]]:
-    """Layer fitting (and distillation) of ``converted`` once per seed; the seed draws the windows."""
-    runs = []
-    for seed in plan.seeds:
-        gen = torch.Generator().manual_seed(seed)
-        batches = windows(calibration_text, plan.calib_length, plan.calib_windows, generator=gen)
-        calibration = record_attention(model, batches)
-        student = copy.deepcopy(converted)
-        fit = fit_layers(student, calibration, plan.fit_steps, plan.fit_lr, generator=gen, log=ctx.log)
-        run = {"seed": seed, "fit": {**fit, **evaluate(student)}}
-        ctx.log(f"seed {seed}: layer fit in {fit['cpu_seconds']:.0f} CPU s -> perplexity "
-                f"{run['fit']['perplexity']:.2f}")
-        if plan.distill_steps > 0:
-            result = distill(student, model, batches, plan.distill_steps, plan.distill_lr, generator=gen, log=ctx.log)
-            run["distill"] = {**result, **evaluate(student)}
-            ctx.log(f"seed {seed}: distillation in {result['cpu_seconds']:.0f} CPU s -> perplexity "
-                    f"{run['distill']['perplexity']:.2f}")
-        runs.append(run)
-        del student, calibration
-    return runs
+STAGES = (("aware", "activation-aware"), ("fit", "+ layer fit"), ("distill", "+ layer fit + distillation"))
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One conversion: label, family ("tucker" | "mla"), KV fraction, ``builder(covariances)`` giving the
+    per-layer build for :func:`~structlab.tucker.hf.replace_attention`, whether it is recovered and
+    whether it is one of the fraction's main variants (also converted from the weights alone)."""
+
+    label: str
+    family: str
+    fraction: float
+    builder: Any
+    recover: bool
+    main: bool
+
+
+def _per_layer(covariances: list[torch.Tensor] | None, make: Any) -> Any:
+    """A build function giving ``make(gqa, covariance)`` with the next layer's covariance (or None)."""
+    layer = iter(range(10**9))
+    return lambda gqa: make(gqa, None if covariances is None else covariances[next(layer)])
+
+
+def _variants(plan: SmolLMPlan, n_heads: int, d: int, d_h: int, gqa_numbers: int) -> list[Variant]:
+    from structlab.tucker.rotary_compress import compress_rotary
+    from structlab.tucker.transmla import gqa_to_mla, rope_split
+
+    def tucker(qk: tuple[int, int, int], vo: tuple[int, int, int]) -> Any:
+        return lambda covs: _per_layer(covs, lambda gqa, cov: compress_rotary(
+            gqa, (qk, vo), plan.method, max_iter=plan.hooi_iterations, input_covariance=cov))
+
+    out = []
+    for fraction in plan.fractions:
+        budget = int(round(fraction * gqa_numbers))
+        r3 = v3 = budget // 2 - (budget // 2) % 2
+        recover = fraction in plan.recover
+        out.append(Variant(f"Tucker {fraction:.3g} ({n_heads},{d},{r3})/({n_heads},{d},{v3})", "tucker", fraction,
+                           tucker((n_heads, d, r3), (n_heads, d, v3)), recover, True))
+        if fraction == GOAL_FRACTION:
+            out += [Variant(f"Tucker {fraction:.3g} ({r1},{r2},{r3})/({r1},{r2},{v3})", "tucker", fraction,
+                            tucker((r1, r2, r3), (r1, r2, v3)), False, False) for r1, r2 in plan.head_query]
+        kv_latent, rope_dim = rope_split(budget, d_h)
+        out.append(Variant(f"MLA {fraction:.3g} (d_c={kv_latent}, d_R={rope_dim})", "mla", fraction,
+                           lambda covs, c=kv_latent, r=rope_dim: _per_layer(
+                               covs, lambda gqa, cov: gqa_to_mla(gqa, c, r, input_covariance=cov)),
+                           recover, True))
+    return out
 
 
 def _final(c: dict[str, Any]) -> tuple[float, str]:
-    """A conversion's perplexity after its last recovery stage (mean over seeds), and that stage's name."""
-    runs = c.get("recovered") or []
-    for stage, name in (("distill", "layer fit + distillation"), ("fit", "layer fit")):
-        values = [r[stage]["perplexity"] for r in runs if stage in r]
+    """A conversion's perplexity after its last stage (mean over seeds), and that stage's name."""
+    for stage, name in reversed(STAGES):
+        values = [r[stage]["perplexity"] for r in c["runs"] if stage in r]
         if values:
             return statistics.fmean(values), name
-    return c["perplexity"], "no recovery"
+    return c["weights_only"]["perplexity"], "weights only"
 
 
 def _exact_claim(difference: float, base: float, exact: float) -> Claim:
@@ -334,13 +373,14 @@ def _goal_claim(goal: dict[str, Any] | None, base: float) -> Claim:
 def _recovery_claim(conversions: dict[str, dict[str, Any]]) -> Claim:
     parts, gains = [], []
     for label, c in conversions.items():
-        runs = c.get("recovered") or []
+        runs = [r for r in c["runs"] if "fit" in r]
         if not runs:
             continue
+        aware = statistics.fmean(r["aware"]["perplexity"] for r in runs)
         fitted = statistics.fmean(r["fit"]["perplexity"] for r in runs)
         cpu = statistics.fmean(r["fit"]["cpu_seconds"] for r in runs)
-        parts.append(f"{label}: {c['perplexity']:.2f} -> {fitted:.2f} after layer fitting ({cpu:.0f} CPU s)")
-        gains.append(fitted < c["perplexity"])
+        parts.append(f"{label}: {aware:.2f} -> {fitted:.2f} after layer fitting ({cpu:.0f} CPU s)")
+        gains.append(fitted < aware)
     if not parts:
         return Claim("Layer-wise fitting recovers perplexity lost to compression", "not measured", "not measured")
     return Claim("Layer-wise fitting on calibration activations recovers perplexity lost to compression (issue)",
@@ -360,13 +400,19 @@ def _perplexity_figure(path: Path, base: float, records: dict[str, Any], n_layer
             color=FAMILY_STYLE["tucker"][0], markersize=10, label="Tucker exact")
     for family in ("tucker", "mla"):
         color, marker = FAMILY_STYLE[family]
-        mine = [c for c in records["conversions"].values() if c["family"] == family]
-        ax.plot([kb(c["numbers"]) for c in mine], [c["perplexity"] for c in mine], marker, color=color, alpha=0.5,
-                label=f"{family.upper() if family == 'mla' else 'Tucker'} (weights only)")
-        done = [(c, _final(c)) for c in mine if c.get("recovered")]
+        name = "MLA" if family == "mla" else "Tucker"
+        mine = [c for c in records["conversions"].values() if c["family"] == family and c["runs"]]
+        weights = [c for c in mine if "weights_only" in c]
+        if weights:
+            ax.plot([kb(c["numbers"]) for c in weights], [c["weights_only"]["perplexity"] for c in weights], marker,
+                    color=color, alpha=0.25, label=f"{name}, weights only")
+        ax.plot([kb(c["numbers"]) for c in mine], [statistics.fmean(r["aware"]["perplexity"] for r in c["runs"])
+                                                    for c in mine], marker, color=color, alpha=0.55, mfc="none",
+                label=f"{name}, activation-aware")
+        done = [(c, _final(c)) for c in mine if any("fit" in r for r in c["runs"])]
         if done:
             ax.plot([kb(c["numbers"]) for c, _ in done], [v for _, (v, _) in done], marker, color=color,
-                    markersize=9, label=f"{family.upper() if family == 'mla' else 'Tucker'} recovered")
+                    markersize=9, label=f"{name}, recovered")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("KV cache per token, all layers (KiB, float32)")

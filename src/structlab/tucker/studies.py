@@ -46,11 +46,13 @@ FULL_RANK_COSINE = 0.99999
 
 # Modules that only analyse and present stored runs: editing them keeps the runs (see run_salt).
 PRESENTATION = ("studies.py", "figures.py", "pareto.py", "cli.py", "rank_selection.py", "sweep.py")
+# Modules of the pretrained-LLM study only: no stored training run depends on them.
+LLM_ONLY = ("hf.py", "rotary_compress.py", "transmla.py", "llm.py", "recovery.py", "smollm_study.py")
 
 
 def run_salt(scale: str) -> str:
     """What a stored run must have been made with: the scale and the code that trains it."""
-    return f"{scale}-{code_fingerprint(Path(__file__).parent, exclude=PRESENTATION)}"
+    return f"{scale}-{code_fingerprint(Path(__file__).parent, exclude=PRESENTATION + LLM_ONLY)}"
 
 
 def _family(spec: str) -> str:

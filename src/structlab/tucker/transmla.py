@@ -23,21 +23,27 @@ from __future__ import annotations
 import math
 
 import torch
+from torch import Tensor
 
 from structlab.tucker.attention import positive_int
 from structlab.tucker.mha import GroupedQueryAttention
 from structlab.tucker.mla import MultiHeadLatentAttention
-from structlab.tucker.rotary_compress import _RotaryTensor
+from structlab.tucker.rotary_compress import _RotaryTensor, whitening
 
 
 @torch.no_grad()
-def gqa_to_mla(gqa: GroupedQueryAttention, kv_latent: int, rope_dim: int) -> MultiHeadLatentAttention:
+def gqa_to_mla(
+    gqa: GroupedQueryAttention, kv_latent: int, rope_dim: int, input_covariance: Tensor | None = None
+) -> MultiHeadLatentAttention:
     """MLA with decoupled RoPE approximating a RoPE ``gqa`` layer, caching ``kv_latent + rope_dim`` numbers.
 
     Args:
         gqa: a grouped-query (or multi-head) attention layer with RoPE and no biases.
         kv_latent: d_c, the joint key/value latent, at most 2 n_KV d_H - rope_dim and at most d.
         rope_dim: d_R, the rotary key's size (even, at most d_H: one rotating component per frequency).
+        input_covariance: optional (d, d) second moment of the layer's inputs: energies and the joint
+            factorisation are then measured on the inputs the layer sees (TransMLA's PCA works on
+            activations), as :func:`~structlab.tucker.compress_rotary` does with it.
 
     Returns a float64 :class:`~structlab.tucker.MultiHeadLatentAttention` (no query latent) whose
     ``rope_frequencies`` are the kept frequencies of ``gqa``. Exact when nothing is dropped (rope_dim =
@@ -55,7 +61,7 @@ def gqa_to_mla(gqa: GroupedQueryAttention, kv_latent: int, rope_dim: int) -> Mul
         raise ValueError(f"rope_dim={rope_dim}: expected an even size of at most d_H={d_h}")
     if kv_latent > min(d, 2 * n_kv * d_h - rope_dim):
         raise ValueError(f"kv_latent={kv_latent}: expected at most {min(d, 2 * n_kv * d_h - rope_dim)}")
-    tensor = _RotaryTensor(gqa.double())
+    tensor = _RotaryTensor(gqa.double(), whitening(input_covariance, d))
     group = n_h // n_kv
     kv_of_head = torch.arange(n_h) // group
 
@@ -67,7 +73,7 @@ def gqa_to_mla(gqa: GroupedQueryAttention, kv_latent: int, rope_dim: int) -> Mul
         values, E = torch.linalg.eigh(W.conj().T @ W)
         order = values.argsort(descending=True)
         values, E = values[order], E[:, order]
-        parts.append({"H": (U * S.to(U.dtype)) @ E, "F": E.conj().T @ Vh, "lead": float(values[0]),
+        parts.append({"H": (U * S.to(U.dtype)) @ E, "F": E.conj().T @ Vh, "lead": float(values[0]),  # F: on u
                       "pairs": tensor.pairs[f], "frequency": tensor.frequencies[f]})
     keep = sorted(range(len(parts)), key=lambda f: -parts[f]["lead"])[: rope_dim // 2]
     keep = sorted(keep, key=lambda f: -float(parts[f]["frequency"]))  # fastest rotation first, as RoPE orders
@@ -85,7 +91,8 @@ def gqa_to_mla(gqa: GroupedQueryAttention, kv_latent: int, rope_dim: int) -> Mul
             K_nope[2 * pair], K_nope[2 * pair + 1] = z[g].real, z[g].imag
         if f in keep:
             t = keep.index(f)
-            k_rope[2 * t], k_rope[2 * t + 1] = F[0].real, F[0].imag
+            rope_row = tensor.to_input(F[:1])[0]
+            k_rope[2 * t], k_rope[2 * t + 1] = rope_row.real, rope_row.imag
             # Rotary query of head i: conj(H[g, 0]) y_i, y_i = (q_re + i q_im) x, as a 2 x 2 real block.
             j = int(part["pairs"][0]) % (d_h // 2)  # the same pair index in every head
             h = H[kv_of_head, 0].conj()  # (n_H,)
@@ -93,10 +100,12 @@ def gqa_to_mla(gqa: GroupedQueryAttention, kv_latent: int, rope_dim: int) -> Mul
             q_rope[:, 2 * t] = h.real[:, None] * q_re - h.imag[:, None] * q_im
             q_rope[:, 2 * t + 1] = h.imag[:, None] * q_re + h.real[:, None] * q_im
     # Step 2: joint low-rank keys and values, balanced.
-    V = gqa.v_proj.weight.double()
+    V = gqa.v_proj.weight.double()  # on x; K_nope is on u = L^-1 x, and so V L
+    if tensor.L is not None:
+        V = V @ tensor.L
     alpha = float(V.norm() / K_nope.norm().clamp_min(1e-300))
     P, sigma, Qh = torch.linalg.svd(torch.cat((alpha * K_nope, V)), full_matrices=False)
-    down = sigma[:kv_latent, None] * Qh[:kv_latent]  # W^DKV (d_c, d)
+    down = tensor.to_input(sigma[:kv_latent, None] * Qh[:kv_latent])  # W^DKV (d_c, d), acting on x
     up_k, up_v = P[: n_kv * d_h, :kv_latent] / alpha, P[n_kv * d_h :, :kv_latent]
 
     mla = MultiHeadLatentAttention(d, n_h, kv_latent, rope=True, rope_mode="decoupled", rope_head_dim=rope_dim,
