@@ -265,3 +265,19 @@ def test_smollm2_exact_conversion_equals_the_original_and_generates_the_same_tok
     with torch.no_grad():
         out = compressed(ids, use_cache=True)
     assert hf_kv_cache_bytes(out.cache) == 30 * ids.shape[1] * 96 * 4  # 4x below GQA's 384 numbers per token
+
+
+def test_activation_aware_conversion_takes_one_covariance_per_layer() -> None:
+    from structlab.tucker.recovery import input_covariances, record_attention
+
+    original = build("llama")
+    batches = prompts(3, 16, seed=4)
+    covariances = input_covariances(record_attention(original, batches))
+    assert len(covariances) == 2 and covariances[0].shape == (48, 48)
+    with torch.no_grad():
+        reference = original(batches).logits
+        plain = convert_hf(copy.deepcopy(original), ranks=(6, 48, 8))(batches).logits
+        aware = convert_hf(copy.deepcopy(original), ranks=(6, 48, 8), input_covariances=covariances)(batches).logits
+    assert (aware - reference).norm() < (plain - reference).norm()
+    with pytest.raises(ValueError, match="one per attention module"):
+        convert_hf(original, ranks=(6, 48, 8), input_covariances=covariances[:1])
