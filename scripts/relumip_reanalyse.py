@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from structlab.atomic import atomic_write_text
-from structlab.relumip import studies
+from structlab.relumip.studies import analysis, omlt
 
 # (study, architecture of the lever grid, time limit in seconds) of the full-scale plans
 BOX_STUDIES = (("peaks", "3x25", 30.0), ("reformer", "4x10", 30.0))
@@ -25,15 +25,16 @@ BOX_STUDIES = (("peaks", "3x25", 30.0), ("reformer", "4x10", 30.0))
 def reanalyse(results: Path) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, arch, time_limit in BOX_STUDIES:
-        entries = studies.entries_from_stored(json.loads((results / "relumip" / f"{name}.json").read_text())["metrics"])
+        stored = json.loads((results / "relumip" / f"{name}.json").read_text())["metrics"]
+        entries = analysis.entries_from_stored(stored)
         plain = [e for e in entries if e["lever"] == "plain"]
-        method, method_stats = studies.method_claims(plain, time_limit)
-        levers, lever_stats = studies.lever_claims(entries, arch, "lp", time_limit)
-        gain = studies.largest_gain_claim([e for e in plain if e["arch"] == arch], lever_stats, arch)
+        method, method_stats = analysis.method_claims(plain, time_limit)
+        levers, lever_stats = analysis.lever_claims(entries, arch, "lp", time_limit)
+        gain = analysis.largest_gain_claim([e for e in plain if e["arch"] == arch], lever_stats, arch)
         out[name] = {"claims": [vars(c) for c in [*method, *levers, gain]], "method_stats": method_stats,
                      "levers": lever_stats["levers"], "plain_error": lever_stats["plain_error"]}
     records = json.loads((results / "relumip" / "omlt.json").read_text())["metrics"]["records"]
-    claims, stats = studies._omlt_claims(records, studies.OMLT_PLANS["full"])
+    claims, stats = omlt.omlt_claims(records, omlt.PLANS["full"])
     out["omlt"] = {"claims": [vars(c) for c in claims], "stats": stats}
     return out
 

@@ -1,6 +1,6 @@
 """The main job: every part's studies at one scale, then the report.
 
-Each part registers its studies in ``structlab/<part>/studies.py`` with :func:`study`::
+Each part registers its studies in its module or package ``structlab.<part>.studies`` with :func:`study`::
 
     from structlab.reproduce import StudyContext, study
     from structlab.results import StudyResult
@@ -97,11 +97,12 @@ def load_studies() -> dict[tuple[str, str], Study]:
 
 def source_digest(package: Path, exclude: Sequence[str] = (), prefix: bytes = b"") -> hashlib._Hash:
     """SHA-256 of ``prefix`` and every ``*.py`` file below ``package`` (relative path and contents, in
-    sorted order), leaving out files named in ``exclude``. Parts key stored work on it, so a change to
-    the code that made the work invalidates it; ``update`` the result to add more."""
+    sorted order), leaving out files and folders named in ``exclude`` (a name matches at any depth).
+    Parts key stored work on it, so a change to the code that made the work invalidates it; ``update``
+    the result to add more."""
     digest = hashlib.sha256(prefix)
     for path in sorted(package.rglob("*.py")):
-        if path.name not in exclude:
+        if not set(path.relative_to(package).parts) & set(exclude):
             digest.update(path.relative_to(package).as_posix().encode())
             digest.update(path.read_bytes())
     return digest

@@ -6,7 +6,10 @@ answering ``{"count", "next", "previous", "results"}`` with ``next`` a full URL;
 /apiv2/sounds/<id>/``; token authentication (``Authorization: Token ...``; a wrong token gets 401,
 whose body echoes the header so tests can check the client scrubs it). Previews are served from a
 second host name (``localhost`` while the API is on ``127.0.0.1``), as freesound's CDN is, with HTTP
-Range support, and the bytes are real clips from the shared audio corpus.
+Range support, and the bytes are real clips from the shared audio corpus, whatever their container: a
+WAV or FLAC clip is served behind an ``.ogg`` URL as a misconfigured mirror would. A clip's
+``preview_keys`` say which ``previews`` keys its record offers (none, or only the MP3 ones, as real
+records sometimes do); ``body`` replaces the file's bytes (an HTML error page served with status 200).
 
 Faults on demand: ``throttle``: API request numbers answered 429 with ``Retry-After``; ``fail``: request
 numbers answered 503; ``drop_once``: sound ids whose first preview download stops half-way;
@@ -52,6 +55,11 @@ class Clip:
     samplerate: int
     channels: int
     file: Path
+    preview_keys: tuple[str, ...] = ("preview-hq-ogg", "preview-lq-ogg")
+    body: bytes | None = None
+
+    def data(self) -> bytes:
+        return self.body if self.body is not None else self.file.read_bytes()
 
     def as_result(self, base: str, preview_base: str, fields: list[str]) -> dict:
         full = {
@@ -67,8 +75,8 @@ class Clip:
             "filesize": self.file.stat().st_size,
             "url": f"{base}/people/{self.username}/sounds/{self.id}/",
             "previews": {
-                "preview-hq-ogg": f"{preview_base}/previews/{self.id}.ogg",
-                "preview-lq-ogg": f"{preview_base}/previews/{self.id}.ogg",
+                key: f"{preview_base}/previews/{self.id}-{key.rsplit('-', 2)[1]}.{key.rsplit('-', 1)[1]}"
+                for key in self.preview_keys
             },
         }
         return {k: full[k] for k in fields if k in full}
@@ -139,7 +147,7 @@ class FakeFreesound:
         self.log.append((host, h.path, h.headers.get("Authorization")))
         if url.path.startswith("/previews/"):
             self.preview_auth_headers.append(h.headers.get("Authorization"))
-            return self._preview(h, int(Path(url.path).stem))
+            return self._preview(h, int(Path(url.path).stem.split("-")[0]))
         if not url.path.startswith("/apiv2/"):
             return self._json(h, 404, {"detail": "Not found."})
         with self._lock:
@@ -210,7 +218,7 @@ class FakeFreesound:
         clip = next((c for c in self.clips if c.id == sound_id), None)
         if clip is None:
             return self._json(h, 404, {"detail": "Not found."})
-        data = clip.file.read_bytes()
+        data = clip.data()
         start = 0
         m = re.fullmatch(r"bytes=(\d+)-", h.headers.get("Range", ""))
         if m:

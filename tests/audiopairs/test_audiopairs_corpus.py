@@ -91,20 +91,27 @@ def test_decoded_durations_match_the_manifest(corpus, manifest):
     assert max(abs(got[p] - expected[p]) for p in expected) < 0.002
 
 
-def test_dedup_finds_exactly_the_known_duplicates(imported, manifest):
+def test_dedup_finds_exactly_the_known_duplicates_and_keeps_differently_labelled_ones_as_related(imported,
+                                                                                                  manifest):
     corpus, report = imported
     # Same bytes, independently: equal SHA-256 in the manifest.
     by_hash = defaultdict(list)
     for r in manifest:
         by_hash[r["sha256"]].append(r["path"])
     assert {tuple(sorted(g)) for g in by_hash.values() if len(g) > 1} == SAME_BYTES
+    label = {r["path"]: r["label"] for r in manifest}
     name = path_of(corpus)
-    found_bytes = {tuple(sorted((name[g.keep], name[c]))) for g in report.by_level("bytes") for c in g.copies}
-    found_audio = {tuple(sorted((name[g.keep], name[c]))) for g in report.by_level("audio") for c in g.copies}
-    assert found_bytes == SAME_BYTES
-    assert found_audio == SAME_AUDIO  # and no distinct clips merged (e.g. goat and ram, bus with/without horn)
+    found = {tuple(sorted((name[g.keep], name[c]))) for g in report.groups if g.level != "freesound-id"
+             for c in g.copies}
+    related = {tuple(sorted((name[r.a], name[r.b]))) for r in report.related}
+    # Loudness (and every other label) is kept: only files with equal labels are duplicates.
+    same_label = {p for p in SAME_BYTES | SAME_AUDIO if label[p[0]] == label[p[1]]}
+    assert found == same_label == {("clips/lugaru-data/RabbitChitter.ogg", "clips/lugaru-data/RabbitChitter2.ogg")}
+    assert related == (SAME_BYTES | SAME_AUDIO) - same_label  # no distinct clips (goat and ram, bus +- horn)
+    stored = {tuple(sorted((name[r["a"]], name[r["b"]]))) for r in corpus.query("SELECT a, b FROM related")}
+    assert stored == related
     marked = {name[r["id"]] for r in corpus.sounds("duplicate_of IS NOT NULL")}
-    assert marked == {b for _, b in SAME_BYTES | SAME_AUDIO}
+    assert marked == {b for _, b in same_label}
 
 
 def test_fingerprint_round_trips_through_bytes(root):
@@ -165,7 +172,8 @@ def test_distinct_clips_with_close_fingerprints_are_not_the_same_audio(root, a, 
 
 def expected_funnel(manifest, config: CleaningConfig) -> list[tuple[str, int, int, int]]:
     """The funnel counted from the manifest alone (each labelled file carries one pair)."""
-    copies = {b for _, b in SAME_BYTES | SAME_AUDIO}
+    label = {r["path"]: r["label"] for r in manifest}
+    copies = {b for a, b in SAME_BYTES | SAME_AUDIO if label[a] == label[b]}  # others are related, kept
     live = [r for r in manifest if r["pair_kind"] != "none"]
     out = []
 
@@ -281,3 +289,28 @@ def test_command_line_runs_the_corpus_steps(corpus, tmp_path, capsys):
     assert main(["audiopairs", "validate", db]) == 0
     assert main(["audiopairs", "validate", str(tmp_path / "missing.db")]) == 2  # a one-line error
     assert "no such corpus database" in capsys.readouterr().err
+
+
+def test_undecodable_file_gives_one_line_naming_it(tmp_path):
+    from structlab.audiopairs.audio import DecodeError
+
+    bad = tmp_path / "broken.ogg"
+    bad.write_bytes(b"OggS" + b"\0" * 200)
+    with pytest.raises(DecodeError) as err:
+        load_audio(bad)
+    assert str(bad) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_export_fills_freesound_id_and_url_of_imported_clips(corpus, manifest, tmp_path):
+    clean(corpus, CleaningConfig())
+    export(corpus, tmp_path / "out")
+    with open(tmp_path / "out" / "manifest.csv", newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    ids = {r["path"]: r["freesound_id"] for r in manifest}
+    by_path = {str(Path(r["path"]).relative_to(corpus.query("SELECT root FROM imports")[0]["root"])): r for r in rows}
+    with_ids = [p for p in by_path if ids[p]]
+    assert with_ids  # the shared data credits freesound recordings for many clips
+    for p in with_ids:
+        expected = ";".join(sorted(ids[p].split(";"), key=int))
+        assert by_path[p]["freesound_id"] == expected
+        assert by_path[p]["url"] == f"https://freesound.org/s/{expected.split(';')[0]}/"

@@ -87,7 +87,7 @@ def test_bounds_reject_a_bad_box() -> None:
 
 
 def test_milp_time_limit_applies_to_each_problem_not_to_all_of_them() -> None:
-    from structlab.relumip.formulation import encode_layer
+    from structlab.relumip.bigm import encode_layer
     from structlab.relumip.model import Model
 
     net = ReluNetwork.from_torch(random_mlp((2, 40, 40, 40, 1), seed=5)).folded()

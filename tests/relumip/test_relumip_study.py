@@ -10,20 +10,21 @@ import pytest
 from scipy.stats import wilcoxon
 
 from structlab import reproduce
-from structlab.relumip import studies
+from structlab.relumip.studies import analysis, measure
+from structlab.relumip.studies import peaks as peaks_study
 from structlab.relumip.training import TrainConfig
 from structlab.results import VERDICTS, read_result
 
-TINY = studies.Plan(
+TINY = measure.Plan(
     architectures=((6, 6), (6, 6, 6)), lever_architecture=(6, 6),
-    levers=studies.levers(l1=(1e-2,), rs=(), clip=(), dropout=()), train_seeds=(0, 1), solver_seeds=(0,),
+    levers=measure.levers(l1=(1e-2,), rs=(), clip=(), dropout=()), train_seeds=(0, 1), solver_seeds=(0,),
     time_limit=10.0, train=TrainConfig(epochs=3, batch_size=64), sweep_methods=("interval", "lp", "lp+rescale"),
     region_samples=2_000, data={"n_train": 128, "n_test": 64},
 )
 
 
 def test_tiny_peaks_study_end_to_end_writes_results_figures_and_resumes(tmp_path, monkeypatch):
-    monkeypatch.setitem(studies.PEAKS_PLANS, "quick", TINY)
+    monkeypatch.setitem(peaks_study.PLANS, "quick", TINY)
     outcomes = reproduce.run("quick", only=["relumip"], studies=["peaks"], results_dir=tmp_path, log=lambda m: None)
     assert [o.status for o in outcomes] == ["ran"], outcomes
     result = read_result(tmp_path / "relumip" / "peaks.json")
@@ -46,41 +47,43 @@ def test_tiny_peaks_study_end_to_end_writes_results_figures_and_resumes(tmp_path
 
 def test_record_cache_skips_a_line_cut_short(tmp_path):
     ctx = reproduce.StudyContext("relumip", "peaks", "quick", tmp_path)
-    cache = studies.RecordCache(ctx, TINY)
+    cache = measure.RecordCache(ctx, TINY)
     cache.put("a", {"x": 1})
     cache.put("b", {"x": np.float64(2.0)})
     with open(cache.path, "a", encoding="utf-8") as handle:
         handle.write('{"key": "c", "val')
-    again = studies.RecordCache(ctx, TINY)
+    again = measure.RecordCache(ctx, TINY)
     assert again.get("a") == {"x": 1} and again.get("b") == {"x": 2.0} and again.get("c") is None
     assert json.loads(cache.path.read_text().splitlines()[0])["key"] == "a"
 
 
 def test_cache_key_follows_the_plan_and_the_measuring_code_only():
-    assert studies.measurement_digest(TINY) == studies.measurement_digest(replace(TINY))
-    assert studies.measurement_digest(TINY) != studies.measurement_digest(replace(TINY, time_limit=11.0))
-    assert studies.solve_all in studies.MEASURING and studies.lever_claims not in studies.MEASURING
+    assert measure.measurement_digest(TINY) == measure.measurement_digest(replace(TINY))
+    assert measure.measurement_digest(TINY) != measure.measurement_digest(replace(TINY, time_limit=11.0))
+    assert measure.solve_all in measure.MEASURING and analysis.lever_claims not in measure.MEASURING
+    # a study's own measuring code is part of its key
+    assert measure.measurement_digest(TINY) != measure.measurement_digest(TINY, (analysis.paired,))
 
 
 def test_paired_ratio_and_wilcoxon_match_scipy():
     base = {i: float(t) for i, t in enumerate([1.0, 2.0, 4.0, 3.0, 5.0, 8.0])}
     other = {i: t * f for (i, t), f in zip(base.items(), [0.5, 0.4, 0.6, 0.5, 0.45, 0.55], strict=True)}
     other["unpaired"] = 1.0
-    res = studies.paired(base, other)
+    res = analysis.paired(base, other)
     assert res["n"] == 6 and res["faster"] == 6
     logs = np.log([other[i] / base[i] for i in range(6)])
     assert res["ratio"] == pytest.approx(float(np.exp(np.median(logs))))
     assert res["p"] == pytest.approx(wilcoxon(logs).pvalue)
-    assert studies.verdict_for_speedup(res) == "agrees"
-    assert studies.verdict_for_speedup(res, expect_faster=False) == "disagrees"
-    assert studies.verdict_for_speedup(studies.paired(base, dict(base))) == "inconclusive"
+    assert analysis.verdict_for_speedup(res) == "agrees"
+    assert analysis.verdict_for_speedup(res, expect_faster=False) == "disagrees"
+    assert analysis.verdict_for_speedup(analysis.paired(base, dict(base))) == "inconclusive"
 
 
 def test_plan_solves_the_shared_plain_network_with_both_method_sets():
     plan = replace(TINY, lever_methods=("lp",), sweep_methods=("interval", "lp+rescale"))
     nets = plan.networks()
     assert len(nets) == 6
-    shared = [n for n in nets if n.hidden == (6, 6) and n.lever == studies.PLAIN]
+    shared = [n for n in nets if n.hidden == (6, 6) and n.lever == measure.PLAIN]
     assert [n.methods for n in shared] == [("interval", "lp+rescale", "lp")] * 2
     assert [n.solver_seeds for n in shared] == [(0,)] * 2
 
@@ -89,7 +92,7 @@ def test_prepare_rejects_unknown_methods():
     from structlab.relumip.problems import peaks
 
     with pytest.raises(ValueError, match="method"):
-        studies.prepare(None, peaks.LOWER, peaks.UPPER, "milp+magic")
+        measure.prepare(None, peaks.LOWER, peaks.UPPER, "milp+magic")
 
 
 def test_stored_measurements_round_trip_to_the_entries():
@@ -98,9 +101,9 @@ def test_stored_measurements_round_trip_to_the_entries():
          "solves": [{"method": m, "seconds": float(i), "x": [0.0]} for i, m in enumerate(("interval", "lp"))]}
         for s in (0, 1)
     ]
-    stored = json.loads(json.dumps(studies.stored_measurements(entries, drop=("x",))))
+    stored = json.loads(json.dumps(analysis.stored_measurements(entries, drop=("x",))))
     assert all("solves" not in s and "x" not in s for s in stored["solves"])  # no nested copies
-    back = studies.entries_from_stored(stored)
+    back = analysis.entries_from_stored(stored)
     assert [{k: v for k, v in e.items() if k != "solves"} for e in back] == stored["networks"]
     for original, restored in zip(entries, back, strict=True):
         assert [(s["method"], s["seconds"]) for s in restored["solves"]] == \

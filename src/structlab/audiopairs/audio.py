@@ -27,13 +27,19 @@ def load_audio(path: str | Path, sr: int = 22050, mono: bool = True) -> np.ndarr
     try:
         samples, native_sr = soundfile.read(path, dtype="float32", always_2d=True)
     except (RuntimeError, soundfile.LibsndfileError) as err:
+        import warnings
+
         try:
             import librosa
 
-            samples, native_sr = librosa.load(path, sr=None, mono=False)
+            # librosa's fallback warns in several lines that do not name the file; the error below does.
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                samples, native_sr = librosa.load(path, sr=None, mono=False)
             samples = np.atleast_2d(samples).T.astype(np.float32)
         except Exception as err2:  # noqa: BLE001 - any decoder failure is a decode error
-            raise DecodeError(f"{path}: cannot decode ({err}; {err2})") from err2
+            reason = " ".join(str(err).split()) or type(err).__name__
+            raise DecodeError(f"{path}: cannot decode as audio ({reason})") from err2
     if samples.size == 0:
         raise DecodeError(f"{path}: decodes to no samples")
     audio = samples.mean(axis=1) if mono else samples  # (n,) or (n, channels)

@@ -55,7 +55,9 @@ def register_recognition(sub) -> None:
 
 def _corpus_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("corpus", type=Path, help="the corpus database (an SQLite file; created if missing)")
-    parser.add_argument("--files-dir", type=Path, help="where downloaded files go (default: CORPUS.files)")
+    parser.add_argument("--files-dir", type=Path,
+                        help="where downloaded files go (default: the database's path with the suffix .files, "
+                             "e.g. corpus.db -> corpus.files)")
 
 
 def _open(args: argparse.Namespace):
@@ -108,8 +110,12 @@ def _run_vocab(args: argparse.Namespace) -> int:
 # -- plan and build ----------------------------------------------------------------------------------------
 
 
-def _build_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--pairs", type=Path, required=True, help="pair list (text or CSV)")
+def _build_options(p: argparse.ArgumentParser, pairs_required: bool = True) -> None:
+    from structlab.audiopairs.freesound import PREVIEW_KEYS
+
+    p.add_argument("--pairs", type=Path, required=pairs_required, help="pair list (text or CSV)")
+    p.add_argument("--strict", action="store_true",
+                   help="abort when an entry of the pair list is not a pair (default: skip it with a warning)")
     p.add_argument("--max-files", type=int, default=150, help="search results per pair (default 150)")
     p.add_argument("--page-size", type=int, default=150, help="results per search page (at most 150)")
     p.add_argument("--min-duration", type=float, default=0.1, help="seconds (a search filter; default 0.1)")
@@ -117,6 +123,8 @@ def _build_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--license", action="append", dest="licenses",
                    choices=("Attribution", "Attribution Noncommercial", "Creative Commons 0"),
                    help="freesound licence to search for (repeatable; default: all)")
+    p.add_argument("--preview", choices=PREVIEW_KEYS,
+                   help="preview to prefer (default: the first a record offers of " + ", ".join(PREVIEW_KEYS) + ")")
 
 
 def _build_config(args: argparse.Namespace):
@@ -125,7 +133,24 @@ def _build_config(args: argparse.Namespace):
     return BuildConfig(
         max_files=args.max_files, page_size=args.page_size, min_duration=args.min_duration,
         max_duration=args.max_duration, licenses=tuple(args.licenses) if args.licenses else None,
+        preview=args.preview,
     )
+
+
+def _pair_list(args: argparse.Namespace):
+    """The pairs of ``--pairs``: entries that are not pairs are skipped with a warning naming each, or
+    (``--strict``) abort with all of them named."""
+    from structlab.audiopairs.vocab import build_vocabulary, read_pair_texts
+
+    vocab = build_vocabulary(read_pair_texts(args.pairs))
+    if vocab.rejected and args.strict:
+        shown = "; ".join(f"{t!r} ({why})" for t, why in vocab.rejected)
+        raise ValueError(f"--pairs {args.pairs}: {len(vocab.rejected)} entries are not pairs (--strict): {shown}")
+    for text, why in vocab.rejected:
+        print(f"warning: {args.pairs}: skipped {text!r}: not a pair ({why})", file=sys.stderr)
+    if not vocab.pairs:
+        raise ValueError(f"--pairs {args.pairs}: no entry is a pair; nothing to do")
+    return vocab.pairs
 
 
 def _plan(sub) -> None:
@@ -133,10 +158,14 @@ def _plan(sub) -> None:
         sub, "plan", "dry run: the searches a build needs, its requests, downloads and days (nothing is sent)",
         examples="""
             structlab audiopairs plan --pairs pairs.txt
+            structlab audiopairs plan --n-pairs 1123 --max-files 30     # AudioPairBank's size: ~33,000 files
             structlab audiopairs plan --pairs pairs.txt --max-files 300 --corpus corpus.db
         """,
     )
-    _build_options(p)
+    _build_options(p, pairs_required=False)
+    p.add_argument("--n-pairs", type=int, help="plan for a vocabulary of this many pairs (instead of --pairs)")
+    p.add_argument("--per-minute", type=int, default=60, help="API requests a minute (freesound: 60)")
+    p.add_argument("--per-day", type=int, default=2000, help="API requests a day (freesound: 2000)")
     p.add_argument("--corpus", type=Path, help="count the search pages this corpus already has")
     p.add_argument("--show", type=int, default=5, help="print the first N searches (default 5)")
     p.set_defaults(func=_run_plan)
@@ -145,13 +174,19 @@ def _plan(sub) -> None:
 def _run_plan(args: argparse.Namespace) -> int:
     from structlab.audiopairs.build import plan, search_spec
     from structlab.audiopairs.corpus import Corpus
-    from structlab.audiopairs.vocab import load_pairs
 
-    pairs = load_pairs(args.pairs)
+    if (args.pairs is None) == (args.n_pairs is None):
+        raise ValueError("give exactly one of --pairs FILE and --n-pairs N")
     config = _build_config(args)
+    if args.n_pairs is not None:
+        print(plan(args.n_pairs, config, per_minute=args.per_minute, per_day=args.per_day).summary())
+        return 0
+    pairs = _pair_list(args)
+    if args.corpus is not None and not args.corpus.is_file():
+        raise FileNotFoundError(f"--corpus {args.corpus}: no such corpus database")
     corpus = Corpus(args.corpus) if args.corpus else None
     try:
-        the_plan = plan(pairs, config, corpus)
+        the_plan = plan(pairs, config, corpus, per_minute=args.per_minute, per_day=args.per_day)
     finally:
         if corpus:
             corpus.close()
@@ -170,7 +205,13 @@ def _build(sub) -> None:
         description=(
             "Search freesound for each pair, store results and download previews into the corpus. The API key "
             "comes from $FREESOUND_API_KEY or api_key in ~/.config/structlab/freesound.toml (chmod 600); it is "
-            "never printed or stored. Requests keep to 60/min and 2000/day across runs. Run it again to resume."
+            "never printed or stored. Requests keep to 60/min and 2000/day across runs (the request log is the "
+            "--state file). Run it again to resume (also the next day, when the daily quota stopped it: exit code "
+            "3). Each sound's preview is the best its record offers (hq-ogg, hq-mp3, lq-ogg, lq-mp3; --preview to "
+            "prefer one) and is saved under its real container, read from its first bytes, as "
+            "<files-dir>/freesound/<id>.<ogg|mp3|wav|flac|...>; <files-dir> defaults to the database's path with the "
+            "suffix .files (corpus.db -> corpus.files). Exit codes: 0 done, 1 sounds found but no file downloaded "
+            "(or none found), 3 stopped by the daily quota."
         ),
         examples="""
             FREESOUND_API_KEY=... structlab audiopairs build corpus.db --pairs pairs.txt
@@ -197,9 +238,7 @@ def _run_build(args: argparse.Namespace) -> int:
         default_state_path,
         load_token,
     )
-    from structlab.audiopairs.vocab import load_pairs
-
-    pairs = load_pairs(args.pairs)
+    pairs = _pair_list(args)
     config = _build_config(args)
     with _open(args) as corpus:
         print(plan(pairs, config, corpus).summary())
@@ -211,9 +250,16 @@ def _run_build(args: argparse.Namespace) -> int:
         print(f"search pages {report.pages}, new sounds {report.new_sounds}, downloads {report.downloads} "
               f"({report.bytes / 1e6:.1f} MB), decoded {report.analysed}")
         print(json.dumps(corpus.counts()))
+        if report.failed and report.with_file:
+            print(f"warning: {len(report.failed)} of {report.linked} sounds have no file "
+                  f"(e.g. sound {next(iter(report.failed))}: {next(iter(report.failed.values()))})", file=sys.stderr)
         if report.stopped:
             print(f"stopped: {report.stopped}; run the same command again then", file=sys.stderr)
             return 3
+        problem = report.problem()
+        if problem:
+            print(f"error: build: {problem}", file=sys.stderr)
+            return 1
     return 0
 
 
@@ -244,7 +290,8 @@ def _run_import(args: argparse.Namespace) -> int:
     with _open(args) as corpus:
         report = import_folder(corpus, root, args.manifest, verify=not args.no_verify, progress=_show_progress(args))
         corpus.analyse(workers=args.workers, progress=_show_progress(args))
-        print(f"imported {report.files} files from {root}; {report.pairs} pairs, {report.linked} labelled files")
+        print(f"imported {report.files} files from {root}; {report.pairs} pairs, {report.linked} labelled files"
+              + (f"; {report.already} already in the corpus (same SHA-256), not added again" if report.already else ""))
         for path, annotated, parsed in report.relabelled:
             print(f"  note: {path}: annotated {annotated!r}, parse_pair reads {parsed!r} (kept as annotated)")
         print(json.dumps(corpus.counts()))
@@ -292,7 +339,9 @@ def _run_clean(args: argparse.Namespace) -> int:
 
 def _dedup(sub) -> None:
     p = add_command(
-        sub, "dedup", "find duplicates: same freesound id, same bytes, same decoded audio (fingerprint)",
+        sub, "dedup",
+        "find duplicates (same freesound id, bytes or decoded audio) and related sounds (the same audio up to a "
+        "gain under different labels, e.g. soft/hard: both kept)",
         examples="structlab audiopairs dedup corpus.db\nstructlab audiopairs dedup corpus.db --workers 2",
     )
     _corpus_arg(p)
@@ -317,6 +366,10 @@ def _run_dedup(args: argparse.Namespace) -> int:
                 for copy in g.copies:
                     print(f"  {name[copy]} ({labels.get(copy, '-')}) = {name[g.keep]} ({labels.get(g.keep, '-')})"
                           f"  [{g.detail.get(copy, '')}]")
+        print(f"related (same audio, different labels: both kept, one split group): {len(report.related)}")
+        for r in report.related:
+            print(f"  {name[r.a]} ({labels.get(r.a, '-')}) ~ {name[r.b]} ({labels.get(r.b, '-')})"
+                  f"  [{r.level}; gain {r.gain_db:+.1f} dB]")
         print(f"fingerprint candidates checked on decoded audio: {report.candidates}, confirmed: {report.verified}")
     return 0
 

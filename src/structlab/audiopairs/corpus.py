@@ -11,6 +11,8 @@ Tables (see ``SCHEMA``):
   (decoded duration or the decode error) and its audio fingerprint, and the de-duplication verdict;
 - ``links``: which pair each sound was found for, the tag-match rules it satisfies, and whether
   cleaning kept it (or which step dropped it);
+- ``related``: sounds holding the same audio (up to a gain) under different labels ("soft cowbell" and
+  "hard cowbell"), which de-duplication keeps both of and splits keep together;
 - ``funnel``: the last cleaning run, one row per step; ``splits``: the last split.
 
 Every step writes inside one transaction (:meth:`Corpus.transaction`), so a build killed at any
@@ -32,7 +34,11 @@ from typing import Any
 
 from structlab.audiopairs.vocab import Pair
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# What each version added to the one before (applied in order to an older database).
+MIGRATIONS = {
+    2: ["ALTER TABLE sounds ADD COLUMN download_error TEXT"],
+}
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -81,6 +87,7 @@ CREATE TABLE IF NOT EXISTS sounds (
     sample_rate INTEGER,
     channels INTEGER,
     preview_url TEXT,
+    download_error TEXT,                  -- why the last download of its preview failed
     sha256 TEXT,
     size INTEGER,
     added_at TEXT NOT NULL,
@@ -100,6 +107,15 @@ CREATE TABLE IF NOT EXISTS links (
     kept INTEGER NOT NULL DEFAULT 1,
     dropped_by TEXT,
     PRIMARY KEY (pair_id, sound_id)
+);
+CREATE TABLE IF NOT EXISTS related (     -- same audio (up to a gain) under different labels: both kept
+    a INTEGER NOT NULL REFERENCES sounds(id),
+    b INTEGER NOT NULL REFERENCES sounds(id),
+    level TEXT NOT NULL CHECK (level IN ('bytes', 'audio')),
+    gain_db REAL,                         -- level of b relative to a, dB
+    detail TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY (a, b),
+    CHECK (a < b)
 );
 CREATE TABLE IF NOT EXISTS funnel (
     step_index INTEGER PRIMARY KEY,
@@ -174,8 +190,18 @@ class Corpus:
             with self.transaction():
                 self.set_meta("schema_version", str(SCHEMA_VERSION))
                 self.set_meta("created_at", now_iso())
-        elif int(version) != SCHEMA_VERSION:
-            raise ValueError(f"{self.path}: schema version {version}; this structlab reads {SCHEMA_VERSION}")
+        elif int(version) < SCHEMA_VERSION:
+            self._migrate(int(version))
+        elif int(version) > SCHEMA_VERSION:
+            raise ValueError(f"{self.path}: schema version {version}; this structlab reads up to {SCHEMA_VERSION}")
+
+    def _migrate(self, version: int) -> None:
+        """Bring a database of an older schema ``version`` up to date, in one transaction."""
+        with self.transaction() as db:
+            for step in range(version + 1, SCHEMA_VERSION + 1):
+                for sql in MIGRATIONS[step]:
+                    db.execute(sql)
+            self.set_meta("schema_version", str(SCHEMA_VERSION))
 
     # -- plumbing ----------------------------------------------------------------------------------------
 
@@ -267,6 +293,7 @@ class Corpus:
             "analysed": one("SELECT COUNT(*) FROM sounds WHERE analysed = 1"),
             "undecodable": one("SELECT COUNT(*) FROM sounds WHERE decode_error IS NOT NULL"),
             "duplicates": one("SELECT COUNT(*) FROM sounds WHERE duplicate_of IS NOT NULL"),
+            "related": one("SELECT COUNT(*) FROM related"),
             "links": one("SELECT COUNT(*) FROM links"),
             "kept links": one("SELECT COUNT(*) FROM links WHERE kept = 1"),
             "search pages": one("SELECT COUNT(*) FROM queries"),

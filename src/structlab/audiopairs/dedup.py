@@ -17,7 +17,15 @@ The thresholds were set on the developers' shared corpus (858 real clips) agains
 (Ogg Vorbis and MP3 at two qualities each, with gain changes) and the distinct clips whose fingerprints
 come closest; ``benchmarks/audiopairs_dedup.py`` measures both margins (docs/audiopairs-corpus.md).
 
-Every member of a group of duplicates but the one with the lowest id gets ``duplicate_of`` (that id) and
+**Loudness is a label, not a duplicate.** The fingerprint and the verification remove one gain, so a clip
+and its copy at -5 dB are "the same audio"; but "soft cowbell" and "hard cowbell" made that way carry
+different labels, and merging them would delete the distinction AudioPairBank's adjectives ask about.
+So within each group of same bytes or same audio, only clips with the same label (an imported clip's own
+label and the pairs it is linked to) are duplicates; clips whose labels differ are **related**: both are
+kept, the ``related`` table records them (level, gain in dB, how they matched), and splits keep them on
+one side (they are one recording).
+
+Every duplicate but the one with the lowest id of its label gets ``duplicate_of`` (that id) and
 ``duplicate_level``; cleaning and splits leave them out.
 """
 
@@ -49,13 +57,29 @@ class DuplicateGroup:
     detail: dict[int, str] = field(default_factory=dict)  # per copy: how it matched
 
 
+@dataclass(frozen=True)
+class Related:
+    """Two sounds with the same audio (up to a gain) under different labels: both kept.
+
+    ``gain_db``: level of ``b`` relative to ``a`` (negative: ``b`` is softer).
+    """
+
+    a: int
+    b: int
+    level: str  # "bytes" or "audio"
+    gain_db: float
+    detail: str = ""
+
+
 @dataclass
 class DedupReport:
-    """What de-duplication found, per level, and how many fingerprint candidates it checked."""
+    """What de-duplication found, per level, the related sounds, and how many fingerprint candidates it
+    checked."""
 
     groups: list[DuplicateGroup]
     candidates: int = 0
     verified: int = 0
+    related: list[Related] = field(default_factory=list)
 
     def by_level(self, level: str) -> list[DuplicateGroup]:
         return [g for g in self.groups if g.level == level]
@@ -99,6 +123,30 @@ def measure(samples_a: np.ndarray, samples_b: np.ndarray) -> dict[str, float]:
         "same_duration": fp.same_duration(duration_a, duration_b), "lag": lag,
         "level_db": fp.level_deviation(a, b), "residual": overall, "window_residual": window,
     }
+
+
+def gain_db(samples_a: np.ndarray, samples_b: np.ndarray) -> float:
+    """Level of ``b`` relative to ``a`` in dB (RMS over their aligned overlap)."""
+    a, b, _ = fp.align(samples_a, samples_b)
+    ra, rb = float(np.sqrt(np.mean(a.astype(np.float64) ** 2))), float(np.sqrt(np.mean(b.astype(np.float64) ** 2)))
+    return 20.0 * np.log10(rb / ra) if ra > 0 and rb > 0 else 0.0
+
+
+def label_keys(corpus: Corpus) -> dict[int, tuple[str, tuple[int, ...]]]:
+    """Each sound's label: its own label text (imports) and the pairs it is linked to (freesound search)."""
+    pairs: dict[int, list[int]] = defaultdict(list)
+    for row in corpus.query("SELECT sound_id, pair_id FROM links ORDER BY pair_id"):
+        pairs[row["sound_id"]].append(row["pair_id"])
+    return {r["id"]: ((r["label"] or "").strip().casefold(), tuple(pairs.get(r["id"], ())))
+            for r in corpus.query("SELECT id, label FROM sounds")}
+
+
+def _split_by_label(members: list[int], labels: dict) -> list[list[int]]:
+    """Members grouped by label, each group sorted, groups in order of their first member."""
+    by: dict[tuple, list[int]] = defaultdict(list)
+    for m in sorted(members):
+        by[labels[m]].append(m)
+    return sorted(by.values())
 
 
 def find_candidates(prints: dict[int, fp.Fingerprint]) -> list[tuple[int, int, fp.Match]]:
@@ -147,16 +195,27 @@ def deduplicate(corpus: Corpus, workers: int = 1, progress: bool = True) -> Dedu
     by_hash: dict[str, list[int]] = defaultdict(list)
     for row in corpus.query("SELECT id, sha256 FROM sounds WHERE sha256 IS NOT NULL ORDER BY id"):
         by_hash[row["sha256"]].append(row["id"])
+    labels = label_keys(corpus)
+    related: list[Related] = []
+    same_bytes: set[int] = set()  # all but the first file of each set of equal bytes: not compared again
     for ids in by_hash.values():
         if len(ids) > 1:
-            groups.append(DuplicateGroup("bytes", ids[0], ids[1:], {i: "same SHA-256" for i in ids[1:]}))
-            marks.update({i: (ids[0], "bytes") for i in ids[1:]})
+            same_bytes.update(ids[1:])
+            same = _split_by_label(ids, labels)
+            for members in same:
+                if len(members) > 1:
+                    groups.append(DuplicateGroup("bytes", members[0], members[1:],
+                                                 {i: "same SHA-256" for i in members[1:]}))
+                    marks.update({i: (members[0], "bytes") for i in members[1:]})
+            keepers = [m[0] for m in same]
+            related += [Related(a, b, "bytes", 0.0, "same SHA-256, different labels")
+                        for n, a in enumerate(keepers) for b in keepers[n + 1:]]
 
     # 3. audio, among the files not already marked.
     prints = {
         r["id"]: fp.Fingerprint.from_bytes(r["fingerprint"])
         for r in corpus.sounds("fingerprint IS NOT NULL")
-        if r["id"] not in marks
+        if r["id"] not in same_bytes
     }
     candidates = find_candidates(prints)
     rows = {r["id"]: r for r in corpus.sounds("fingerprint IS NOT NULL")}
@@ -179,11 +238,20 @@ def deduplicate(corpus: Corpus, workers: int = 1, progress: bool = True) -> Dedu
     clusters: dict[int, list[int]] = defaultdict(list)
     for i in list(union.parent):
         clusters[union.find(i)].append(i)
-    for keep, members in sorted(clusters.items()):
-        copies = sorted(m for m in members if m != keep)
-        how = {c: next((d for (x, y), d in detail.items() if c in (x, y)), "") for c in copies}
-        groups.append(DuplicateGroup("audio", keep, copies, how))
-        marks.update({c: (keep, "audio") for c in copies})
+    for members in clusters.values():
+        same = _split_by_label(members, labels)
+        for group in same:
+            if len(group) > 1:
+                keep, copies = group[0], group[1:]
+                how = {c: next((d for (x, y), d in detail.items() if c in (x, y)), "") for c in copies}
+                groups.append(DuplicateGroup("audio", keep, copies, how))
+                marks.update({c: (keep, "audio") for c in copies})
+        keepers = [g[0] for g in same]
+        for n, a in enumerate(keepers):
+            for b in keepers[n + 1:]:
+                how = detail.get((a, b)) or detail.get((b, a)) or "same audio (through other clips)"
+                related.append(Related(a, b, "audio", gain_db(decoded(a), decoded(b)), how))
+    groups.sort(key=lambda g: (g.level, g.keep))
 
     with corpus.transaction() as db:
         db.execute("UPDATE sounds SET duplicate_of = NULL, duplicate_level = NULL")
@@ -191,4 +259,10 @@ def deduplicate(corpus: Corpus, workers: int = 1, progress: bool = True) -> Dedu
             "UPDATE sounds SET duplicate_of = ?, duplicate_level = ? WHERE id = ?",
             [(keep, level, i) for i, (keep, level) in sorted(marks.items())],
         )
-    return DedupReport(groups, candidates=len(candidates), verified=verified)
+        db.execute("DELETE FROM related")
+        related = sorted({(r.a, r.b): r for r in related}.values(), key=lambda r: (r.a, r.b))
+        db.executemany(
+            "INSERT INTO related (a, b, level, gain_db, detail) VALUES (?, ?, ?, ?, ?)",
+            [(r.a, r.b, r.level, r.gain_db, r.detail) for r in related],
+        )
+    return DedupReport(groups, candidates=len(candidates), verified=verified, related=related)

@@ -59,6 +59,9 @@ def manifest_rows(corpus: Corpus, files_prefix: str | None = None) -> list[dict[
     for r in rows:
         path = f"{files_prefix}/{_export_name(r)}" if files_prefix else str(corpus.file_path(r))
         duration = r["decoded_duration"] if r["decoded_duration"] is not None else r["duration"]
+        # An imported clip made from freesound recordings: their ids (from its manifest) and the first one's page.
+        ids = str(r["freesound_id"]) if r["freesound_id"] is not None else (r["origin_ids"] or "")
+        first = ids.split(";")[0]
         out.append({
             "path": path,
             "pair": r["pair"],
@@ -70,8 +73,8 @@ def manifest_rows(corpus: Corpus, files_prefix: str | None = None) -> list[dict[
             "attribution": _attribution(r),
             "uploader": r["uploader"] or "",
             "source": r["source"] or "",
-            "freesound_id": r["freesound_id"] if r["freesound_id"] is not None else "",
-            "url": r["url"] or "",
+            "freesound_id": ids,
+            "url": r["url"] or (f"https://freesound.org/s/{first}/" if first else ""),
             "duration_s": f"{duration:.3f}" if duration is not None else "",
             "sample_rate": r["sample_rate"] or "",
             "sha256": r["sha256"] or "",

@@ -6,8 +6,10 @@ Written against the API's public documentation:
   license:("Creative Commons 0" OR "Attribution")``), ``fields``, ``page_size`` (at most 150) and
   ``page``; the answer is ``{"count", "next", "previous", "results"}``, ``next`` being the URL of the
   next page or null;
-- ``GET /apiv2/sounds/<id>/`` (a sound instance), whose ``previews["preview-hq-ogg"]`` is the URL of
-  an Ogg Vorbis preview (~192 kbps) that needs no OAuth2 (the original file would);
+- ``GET /apiv2/sounds/<id>/`` (a sound instance), whose ``previews`` map holds the URLs of up to four
+  previews that need no OAuth2 (the original file would): ``preview-hq-ogg`` (Ogg Vorbis, ~192 kbps),
+  ``preview-hq-mp3`` (~128 kbps), ``preview-lq-ogg`` and ``preview-lq-mp3`` (~64 kbps). A record may
+  lack some of them; :func:`choose_preview` takes the best one it has;
 - token authentication: the header ``Authorization: Token <api key>``;
 - throttling: 60 requests a minute and 2,000 a day per key; past a limit the API answers 429.
 
@@ -47,7 +49,21 @@ SEARCH_FIELDS = (
     "id", "name", "tags", "username", "license", "duration", "samplerate", "channels", "type",
     "filesize", "previews", "url",
 )
-PREVIEW = "preview-hq-ogg"
+# Previews in order of preference: high quality first, Ogg Vorbis before MP3 at equal quality.
+PREVIEW_KEYS = ("preview-hq-ogg", "preview-hq-mp3", "preview-lq-ogg", "preview-lq-mp3")
+
+
+def choose_preview(previews: dict[str, Any] | None, prefer: str | None = None) -> tuple[str, str] | None:
+    """The (key, URL) of the best preview a sound record offers: ``prefer`` if it has it, else the first of
+    :data:`PREVIEW_KEYS` it has. None when it has none. Raises ``ValueError`` for an unknown ``prefer``."""
+    if prefer is not None and prefer not in PREVIEW_KEYS:
+        raise ValueError(f"prefer={prefer!r}: expected one of {PREVIEW_KEYS}")
+    previews = previews if isinstance(previews, dict) else {}
+    for key in ((prefer,) if prefer else ()) + PREVIEW_KEYS:
+        url = previews.get(key)
+        if isinstance(url, str) and urlsplit(url).scheme in ("http", "https"):
+            return key, url
+    return None
 
 
 class FreesoundError(StructlabError):

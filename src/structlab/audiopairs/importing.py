@@ -10,7 +10,9 @@ developers' shared audio corpus (``structlab.data.resolve("audio")``).
 
 An annotated pair is normalised through :func:`~structlab.audiopairs.vocab.parse_pair`-compatible
 canonical form and linked with the rule ``label``. A recorded ``sha256`` that does not match the file is
-an error (the manifest and the folder disagree). Importing the same manifest again updates its rows.
+an error (the manifest and the folder disagree). Importing the same manifest again updates its rows; a
+file another import (or a download) already brought in, matched on its SHA-256, adds no second row: its
+row gains this manifest's pair link, if any (``ImportReport.already``).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ class ImportReport:
     pairs: int
     linked: int
     relabelled: list[tuple[str, str, str]]  # (path, annotated pair, parsed pair) where they differ
+    already: int = 0  # files already in the corpus through another import or a download (same SHA-256)
 
 
 def _ids(text: str) -> str:
@@ -122,7 +125,14 @@ def import_folder(
             existing = db.execute(
                 "SELECT id, sha256 FROM sounds WHERE import_id = ? AND path = ?", (import_id, rel)
             ).fetchone()
-            if existing is None:
+            elsewhere = None if existing is not None else db.execute(
+                "SELECT id FROM sounds WHERE sha256 = ? AND (import_id IS NULL OR import_id != ?) ORDER BY id",
+                (digest, import_id),
+            ).fetchone()
+            if elsewhere is not None:
+                sound_id = elsewhere["id"]
+                report.already += 1
+            elif existing is None:
                 columns = ", ".join(values)
                 marks = ", ".join(f":{k}" for k in values)
                 sound_id = db.execute(f"INSERT INTO sounds ({columns}) VALUES ({marks})", values).lastrowid

@@ -3,7 +3,8 @@
 Files that share a recording must never be split between training and test, or a recogniser is
 scored on audio it has heard. :func:`recording_groups` joins files (union-find) that share
 
-- ``"recording"``: the same bytes (SHA-256) or the same freesound recording (any freesound id);
+- ``"recording"``: the same bytes (SHA-256), the same freesound recording (any freesound id) or the same
+  audio under another label (de-duplication's related sounds, e.g. gain copies);
 - ``"uploader"`` (the default): the above, or an uploader (one person's microphone, room and editing);
 - ``"uploader-or-source"``: as ``"uploader"``, but a file whose uploader is unknown joins its source
   package (the corpus's split rule, :func:`structlab.audiopairs.splits.groups`);
@@ -46,6 +47,7 @@ class _UnionFind:
 def group_keys(rec: Recording, grouping: str) -> list[str]:
     """The keys that tie ``rec`` to other files under ``grouping`` (see the module docstring)."""
     keys = [f"sha256:{rec.sha256}"] + [f"freesound:{i}" for i in rec.freesound_ids]
+    keys += [f"audio:{k}" for k in rec.related]  # one recording under two labels ("soft"/"hard" gain copies)
     if grouping != "recording":
         keys += [f"uploader:{u.casefold()}" for u in rec.uploaders]
     if grouping == "source" or (grouping == "uploader-or-source" and not rec.uploaders):

@@ -14,7 +14,7 @@ from structlab.cli import add_command
 
 
 def register_commands(sub) -> None:
-    """Add ``features``, ``bench`` and ``recognise`` to the ``audiopairs`` command group."""
+    """Add ``features``, ``bench``, ``recognise``, ``train`` and ``predict`` to the ``audiopairs`` command group."""
     from structlab.audiopairs.features import FEATURE_SETS
     from structlab.audiopairs.protocol import GROUPINGS
     from structlab.audiopairs.recognition import CLASSIFIERS, REPRESENTATIONS
@@ -62,6 +62,36 @@ def register_commands(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cache", type=Path, help="feature cache folder (default: the user's cache folder)")
     p.set_defaults(func=_run_recognise)
+
+    p = add_command(
+        sub, "train", "train the multi-class pair recogniser (or per-pair detectors) and save it (skops, no pickle)",
+        examples="""
+            structlab audiopairs train corpus.db --out pairs.skops
+            structlab audiopairs train corpus.db --out detectors.skops --detectors --classifier linear-svm
+        """,
+    )
+    p.add_argument("corpus", type=Path, help="corpus database (de-duplicated: structlab audiopairs dedup)")
+    p.add_argument("--out", type=Path, required=True, help="model file to write (.skops)")
+    p.add_argument("--detectors", action="store_true", help="one binary detector per pair instead of one recogniser")
+    p.add_argument("--classifier", choices=CLASSIFIERS, default="logreg")
+    p.add_argument("--features", choices=FEATURE_SETS, default="mfcc", help="clip vector")
+    p.add_argument("--min-files", type=int, default=2, help="pairs need this many files (default 2)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cache", type=Path, help="feature cache folder (default: the user's cache folder)")
+    p.set_defaults(func=_run_train)
+
+    p = add_command(
+        sub, "predict", "apply a saved model to clips (any container soundfile/librosa reads): top-k pairs",
+        examples="""
+            structlab audiopairs predict pairs.skops clip1.ogg clip2.wav --top-k 3
+            structlab audiopairs predict detectors.skops sounds/*.flac --json
+        """,
+    )
+    p.add_argument("model", type=Path, help="model file from structlab audiopairs train")
+    p.add_argument("clips", type=Path, nargs="+", help="audio files")
+    p.add_argument("--top-k", type=int, default=5, help="pairs to print per clip (default 5)")
+    p.add_argument("--json", action="store_true", help="one JSON object per clip: {path, pairs: [[pair, score]]}")
+    p.set_defaults(func=_run_predict)
 
 
 def _recordings(corpus_path: Path):
@@ -152,4 +182,44 @@ def _run_recognise(args: argparse.Namespace) -> int:
         print(f"  {pair:32s} {kind}  {result.n_positive:4d} files  {format_spread(spread(scores))}")
     for kind, values in sorted(means.items()):
         print(f"mean over {kind} pairs: {format_spread(spread(values))}")
+    return 0
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from collections import Counter
+
+    from structlab.audiopairs import features as feats
+    from structlab.audiopairs.models import save_model, train
+    from structlab.audiopairs.recognition import Recogniser
+
+    recordings, duplicates = _recordings(args.corpus)
+    counts = Counter(r.pair for r in recordings if r.pair)
+    keep = {p for p, n in counts.items() if n >= args.min_files}
+    detectors = args.detectors
+    chosen = recordings if detectors else [r for r in recordings if r.pair in keep]
+    labels = [r.pair if r.pair in keep else "" for r in chosen]
+    if len(keep) < 2:
+        raise ValueError(f"--min-files {args.min_files}: only {len(keep)} pair(s) have that many files; expected 2")
+    X = feats.summary_matrix(_clips(chosen, args.cache), args.features)
+    model = train(X, labels, "detectors" if detectors else "pairs", Recogniser(args.classifier, args.features),
+                  seed=args.seed)
+    save_model(model, args.out)
+    print(f"{model['task']}: {len(model['pairs'])} pairs, {sum(bool(x) for x in labels)} labelled files "
+          f"({args.classifier} / {args.features}; {len(duplicates)} duplicates left out) -> {args.out}")
+    return 0
+
+
+def _run_predict(args: argparse.Namespace) -> int:
+    from structlab.audiopairs.models import load_model, predict
+
+    missing = [str(c) for c in args.clips if not c.is_file()]
+    if missing:
+        raise FileNotFoundError(f"clips: no such file {missing[0]!r}")
+    model = load_model(args.model)
+    results = predict(model, args.clips, top_k=args.top_k)
+    for path, ranked in zip(args.clips, results, strict=True):
+        if args.json:
+            print(json.dumps({"path": str(path), "pairs": [[p, round(s, 6)] for p, s in ranked]}))
+        else:
+            print(f"{path}: " + ", ".join(f"{p} ({s:.3f})" for p, s in ranked))
     return 0

@@ -36,6 +36,7 @@ class Recording:
     uploader: str = ""
     freesound_ids: tuple[str, ...] = ()
     duration_s: float = 0.0
+    related: tuple[str, ...] = ()  # keys shared with files of the same audio under another label
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -141,6 +142,10 @@ def from_corpus(corpus) -> tuple[list[Recording], list[Duplicate]]:
     ):
         pairs.setdefault(row["sound_id"], (row["modifier"], row["noun"], row["kind"]))
     nouns = _manifest_nouns(corpus)
+    related: dict[int, list[str]] = {}
+    for row in corpus.query("SELECT a, b FROM related"):
+        for sid in (row["a"], row["b"]):
+            related.setdefault(sid, []).append(f"{row['a']}")
     by_id: dict[int, Recording] = {}
     marked: list[tuple[int, int, str]] = []
     for row in corpus.sounds("path IS NOT NULL AND decode_error IS NULL"):
@@ -159,6 +164,7 @@ def from_corpus(corpus) -> tuple[list[Recording], list[Duplicate]]:
             uploader=row["uploader"] or "",
             freesound_ids=tuple(str(i) for i in dict.fromkeys(ids)),
             duration_s=float(row["decoded_duration"] or row["duration"] or 0.0),
+            related=tuple(sorted(set(related.get(row["id"], [])))),
         )
         if row["duplicate_of"] is not None:
             marked.append((row["id"], row["duplicate_of"], row["duplicate_level"]))

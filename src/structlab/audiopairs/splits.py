@@ -70,6 +70,8 @@ def groups(corpus: Corpus) -> dict[int, str]:
             union(me, f"recording:{r['freesound_id']}")
         for origin in filter(None, (r["origin_ids"] or "").split(";")):
             union(me, f"recording:{origin}")
+    for r in corpus.query("SELECT a, b FROM related"):  # the same recording under two labels: one group
+        union(f"sound:{r['a']}", f"sound:{r['b']}")
     for r in corpus.sounds("duplicate_of IS NOT NULL"):  # a copy's uploader joins its original's group
         for who in _uploaders(r):
             union(f"sound:{r['duplicate_of']}", f"uploader:{who}")

@@ -47,7 +47,9 @@ from structlab.reproduce import StudyContext, study
 from structlab.results import Claim, StudyResult, Table, format_spread, spread
 
 PAPER_ACCURACY = 0.70  # AudioPairBank abstract: "classification experiments, which yielded 70% accuracy"
-PRIMARY = Recogniser("linear-svm", "mfcc")  # the classic MFCC-statistics + linear SVM detector
+PRIMARY = Recogniser("linear-svm", "mfcc")
+# Bump when import or de-duplication changes what the cached study corpus holds (2: related sounds).
+CORPUS_VERSION = 2  # the classic MFCC-statistics + linear SVM detector
 
 
 @dataclass
@@ -110,7 +112,7 @@ def imported_corpus(folder, log=print, manifest: str | Path = "manifest.csv"):
 
     folder = Path(folder)
     manifest = folder / manifest  # an absolute manifest stays as it is
-    key = sha256_file(manifest)[:16]
+    key = f"{sha256_file(manifest)[:16]}-v{CORPUS_VERSION}"
     path = feats.default_cache_dir().parent / "audiopairs-corpus" / f"shared-audio-{key}.sqlite"
     if not path.is_file():
         log(f"importing {folder} into a corpus and de-duplicating it (once; cached at {path})")

@@ -40,22 +40,29 @@ KINDS = ("anp", "vnp")
 CUES = {
     "adjective after noun": 0.3,  # "rain heavy": tags are often unordered, but adjectives precede nouns
     "subject-verb agreement": 1.0,  # "dogs bark", "dog barks", "dog barked"
-    "no agreement": 0.1,  # "dog bark": a singular noun wants "barks"
-    "verb before object": 0.5,  # "slam door" -> slamming door
+    "verb before object": 0.05,  # "slam door" -> slamming door; rare in tags, where "train whistle" is a noun
     "3rd person before noun": 0.05,  # "barks dog"
-    "gerund as noun": 0.3,  # "electric sparking": an -ing form as the head noun
-    "noun compound": 0.5,  # "dog bark", "lion roar": not a pair
+    "gerund as noun": 0.6,  # "electric sparking", "synthetic singing": an -ing form as the head noun
+    "noun compound": 0.3,  # "dog bark", "lion roar": not a pair
     "plural noun modifier": 0.1,  # "dogs bark" as a compound is unlikely
     "verb as noun": 0.2,  # "electronic chime": a verb's base form as a (converted) noun
-    "adjective read as noun": 0.1,  # "long" as the subject of "long wail"
+    "longer noun": 0.5,  # per extra word of the noun: "old + man hit cry" is no pair
 }
+# A noun of several words ("circular saw") has a noun as its head, whatever else the head can be.
+MIN_COMPOUND_HEAD = 0.5
+# The best pair reading must reach this score; below it no reading is plausible ("dub snare": "dub" is
+# only a verb in the lexicon, and "dubbing snare" needs the rare verb + object order).
+MIN_SCORE = 0.05
 
 FUNCTION_WORDS = frozenset(
     "and or but nor with without of in on at to from by for into onto over under near is are was were be "
     "been being am has have had do does did this that these those my your his her its our their some any "
-    "no not very".split()
+    "no not very against through across along behind between during inside outside within upon via per "
+    "& +".split()
 )
 ARTICLES = frozenset({"a", "an", "the"})
+# Particles of phrasal verbs, kept with their verb as the modifier ("train slowing down").
+PARTICLES = frozenset("down up off on out away by in over back around along".split())
 MAX_WORDS = 4  # a modifier and a noun of up to three words ("solar power station")
 
 
@@ -100,8 +107,13 @@ class _Reading:
 
 
 def _tokens(text: str) -> list[str]:
-    """Split text into words: CamelCase, underscores, slashes and plus signs separate; hyphens are kept."""
-    text = unicodedata.normalize("NFKC", text).strip().strip("\"'`")
+    """Split text into words: CamelCase, underscores, slashes and plus signs separate; hyphens are kept;
+    a bracketed qualifier is dropped ("engine (low frequency)"). Raises ``ValueError`` for several
+    phrases separated by commas or semicolons ("crying, sobbing")."""
+    text = unicodedata.normalize("NFKC", text).strip().strip("\"`")
+    text = re.sub(r"\([^)]*\)|\[[^\]]*\]", " ", text)
+    if len([part for part in re.split(r"[,;]", text) if part.strip()]) > 1:
+        raise ValueError(f"text={text.strip()!r}: not a pair: several phrases separated by a comma")
     text = re.sub(r"(?<=[a-z])(?=[A-Z])", " ", text)
     return [t for t in re.split(r"[\s_+/,;.]+", text.lower()) if t]
 
@@ -121,10 +133,23 @@ def _split_joined(token: str) -> list[str] | None:
 
 
 def _noun_share(w: lexicon.Word, adjective_discount: bool = False) -> float:
-    """P(noun reading); with ``adjective_discount``, a word that can be an adjective counts less as a
-    noun (it would rather be the modifier: "rain heavy" is not the compound "rain heavy")."""
+    """P(noun reading) against a verb reading; with ``adjective_discount``, also against an adjective
+    reading (a word that is mostly an adjective would rather be the modifier: "rain heavy" is not the
+    compound "rain heavy")."""
     p = lexicon.noun_share(w.form)
-    return p * CUES["adjective read as noun"] if adjective_discount and "ADJ" in w.lemmas else p
+    return p * (1.0 - lexicon.adjective_share(w.form)) if adjective_discount and "ADJ" in w.lemmas else p
+
+
+def _adjective_share(w: lexicon.Word) -> float:
+    """P(adjective reading) of a modifier: from use (:func:`lexicon.adjective_share`); a hyphenated word
+    the lexicon does not know is an adjective when it ends in a participle or an adjective, or starts
+    with an adjective ("high-pitched", "extra-large", "high-tech", "single-lens")."""
+    if "-" in w.form and not w.known:
+        first, last = w.form.split("-", 1)[0], w.form.rsplit("-", 1)[-1]
+        end = lexicon.word(last)
+        if "ADJ" in lexicon.word(first).lemmas or "ADJ" in end.lemmas or end.verb_tags() & {"VBN", "VBD"}:
+            return 1.0
+    return lexicon.adjective_share(w.form)
 
 
 def _singular(words: list[str]) -> str:
@@ -140,8 +165,10 @@ def _readings(mod_words: list[str], noun_words: list[str], modifier_first: bool)
     head = lexicon.word(noun_words[-1])
     # The noun of a noun-verb reading is a subject: an adjective there is unlikely ("long wail").
     p_noun = _noun_share(head, adjective_discount=not modifier_first)
+    if len(noun_words) > 1 and "NOUN" in head.lemmas:
+        p_noun = max(p_noun, MIN_COMPOUND_HEAD)
     gerund = False
-    if p_noun == 0.0 and modifier_first and m_form != noun_words[-1]:
+    if p_noun == 0.0 and modifier_first and m_form != noun_words[-1] and len(noun_words) == 1:
         tags = head.verb_tags()
         if tags == {"VBG"}:
             p_noun, gerund = CUES["gerund as noun"], True  # "electric sparking"
@@ -149,49 +176,75 @@ def _readings(mod_words: list[str], noun_words: list[str], modifier_first: bool)
             p_noun, gerund = CUES["verb as noun"], True  # "electronic chime"
     if p_noun == 0.0:
         return []
+    if len(noun_words) > 2 and any(lexicon.verb_share(w) > 0.2 for w in noun_words[:-1]):
+        return []  # "old + man hit cry": a noun of three words is no clause of its own
+    p_noun *= CUES["longer noun"] ** (len(noun_words) - 1)
     noun = _singular(noun_words)
     plural = head.is_plural_noun
     out: list[_Reading] = []
-    hyphenated = "-" in m_form and not m.known
     verb_tags = m.verb_tags()
     is_ing = "VBG" in verb_tags
-    # Adjective readings. The -ing rule: a verb's -ing form is never an ANP modifier.
-    if ("ADJ" in m.lemmas or (hyphenated and modifier_first)) and not is_ing:
-        cue = 1.0 if modifier_first else CUES["adjective after noun"]
-        out.append(_Reading(p_noun * cue, "anp", m_form, noun, "adjective + noun"))
+    p_adj = _adjective_share(m)
+    # Adjective readings. The -ing rule: a verb's -ing form is never an ANP modifier. After an adjective
+    # the head is a noun whatever else it can be ("long wail": not the verb "wail").
+    if p_adj > 0 and not is_ing:
+        if modifier_first:
+            p_head = p_noun if gerund else CUES["longer noun"] ** (len(noun_words) - 1)
+            if gerund and head.verb_tags() == {"VBG"}:
+                p_head = CUES["longer noun"] ** (len(noun_words) - 1)
+            out.append(_Reading(p_adj * p_head, "anp", m_form, noun, "adjective + noun"))
+        else:
+            out.append(_Reading(p_adj * p_noun * CUES["adjective after noun"], "anp", m_form, noun,
+                                "adjective + noun"))
     if modifier_first and verb_tags & {"VBD", "VBN"} and not is_ing:
         if "ADJ" not in m.lemmas:  # "filtered snare": a participle before its noun is an adjective
             out.append(_Reading(p_noun, "anp", m_form, noun, "participle (as adjective) + noun"))
         return out
-    if "VERB" in m.lemmas and not gerund:
+    # After a noun, an -ing form that is a count noun of its own heads a compound ("level crossing").
+    nominal_ing = is_ing and not modifier_first and lexicon.is_count_noun(m_form)
+    if "VERB" in m.lemmas and not gerund and not nominal_ing:
         p_verb = 1.0 if is_ing else lexicon.verb_share(m_form)
+        cue, why = None, ""
         if is_ing:
             cue, why = 1.0, "verb -ing form + noun"
-        elif not modifier_first:  # noun then verb: a subject and its verb
-            agrees = (
-                bool(verb_tags & {"VBD", "VBN"})
-                or (plural and bool(verb_tags & {"VB", "VBP"}))
-                or (not plural and "VBZ" in verb_tags)
-            )
-            cue = CUES["subject-verb agreement"] if agrees else CUES["no agreement"]
-            why = "noun + verb (subject and verb" + ("" if agrees else ", without agreement") + ")"
+        elif not modifier_first:  # noun then verb: a subject and its verb, which must agree
+            # A form that is itself some verb's base form ("hit", "saw") is not read as a past tense.
+            past = bool(verb_tags & {"VBD", "VBN"}) and not lexicon.is_verb_lemma(m_form)
+            if past or (plural and verb_tags & {"VB", "VBP"}) or (not plural and "VBZ" in verb_tags):
+                cue, why = CUES["subject-verb agreement"], "noun + verb (subject and verb)"
+            # else: "dog bark", a singular noun and a base form, is a compound, not a subject and its verb
         elif verb_tags & {"VB", "VBP"}:
             cue, why = CUES["verb before object"], "verb + object"
         else:
             cue, why = CUES["3rd person before noun"], "3rd-person verb + noun"
-        ing = m_form if is_ing else lexicon.ing_form(m.lemmas["VERB"])
-        out.append(_Reading(p_verb * p_noun * cue, "vnp", ing, noun, why))
-    # The competing non-pair: a noun compound ("dog bark"), only where the first word cannot be an
-    # adjective (an adjective before a noun is what pairs are made of).
+        if cue is not None:
+            ing = m_form if is_ing else lexicon.ing_form(m.lemmas["VERB"])
+            out.append(_Reading(p_verb * p_noun * cue, "vnp", ing, noun, why))
+    # The competing non-pair: a noun compound ("dog bark"), as likely as the first word is a noun. After a
+    # noun, an -ing form that is mostly a noun itself ("level crossing", "field recording") can be its head.
     first = m if modifier_first else head
-    if "NOUN" in first.lemmas and "ADJ" not in first.lemmas and not is_ing:
+    if "NOUN" in first.lemmas and (not is_ing or not modifier_first):
         second = head if modifier_first else m
-        p = _noun_share(first) * _noun_share(second, adjective_discount=True) * CUES["noun compound"]
+        p_first = _noun_share(first) * (1.0 - _adjective_share(first))
+        p_second = 1.0 if nominal_ing else _noun_share(second, adjective_discount=True)
+        p = p_first * p_second * CUES["noun compound"] * CUES["longer noun"] ** (len(noun_words) - 1)
         if first.is_plural_noun:
             p *= CUES["plural noun modifier"]
         words = [m_form, *noun_words] if modifier_first else [*noun_words, m_form]
         out.append(_Reading(p, "compound", "", " ".join(words), "noun + noun"))
     return out
+
+
+def _phrasal(tokens: list[str]) -> tuple[list[str], str] | None:
+    """A phrasal verb with its particle ("slowing down") at the end or the start: (tokens without the
+    particle, particle), or None."""
+    for verb_at, particle_at in ((-2, -1), (0, 1)):
+        if len(tokens) >= 3 and tokens[particle_at] in PARTICLES and "VBG" in lexicon.word(tokens[verb_at]).verb_tags():
+            rest = tokens[:particle_at] + tokens[particle_at + 1 :] if particle_at > 0 else tokens[:-1]
+            if particle_at == -1:
+                rest = tokens[:-1]
+            return rest, tokens[particle_at]
+    return None
 
 
 def parse_pair(text: str) -> Pair:
@@ -209,6 +262,11 @@ def parse_pair(text: str) -> Pair:
         raise ValueError(f"text={text!r}: not a pair: no words")
     if any(re.search(r"\d", t) for t in tokens):
         raise ValueError(f"text={text!r}: not a pair: contains a number")
+    if any("'" in t for t in tokens):
+        raise ValueError(f"text={text!r}: not a pair: a possessive ({next(t for t in tokens if chr(39) in t)!r})")
+    phrasal = _phrasal(tokens)
+    if phrasal is not None:
+        return _parse_phrasal(text, *phrasal)
     bad = [t for t in tokens if t in FUNCTION_WORDS or t in ARTICLES]
     if bad:
         raise ValueError(f"text={text!r}: not a pair: contains the function word {bad[0]!r}")
@@ -219,18 +277,36 @@ def parse_pair(text: str) -> Pair:
             raise ValueError(f"text={text!r}: not a pair: one word")
     if len(tokens) > MAX_WORDS:
         raise ValueError(f"text={text!r}: not a pair: {len(tokens)} words (at most {MAX_WORDS})")
+    inner = [t for t in tokens[1:-1] if lexicon.word(t).verb_tags() & {"VBG"}]
+    if inner:
+        raise ValueError(f"text={text!r}: not a pair: a clause (the verb {inner[0]!r} between nouns)")
     readings: list[_Reading] = []
     readings += _readings(tokens[:1], tokens[1:], modifier_first=True)
     readings += _readings(tokens[-1:], tokens[:-1], modifier_first=False)
     if not readings:
         raise ValueError(f"text={text!r}: not a pair: no reading as modifier + noun")
     best = max(readings, key=lambda r: r.score)
+    if best.kind != "compound" and best.score < MIN_SCORE:
+        raise ValueError(f"text={text!r}: not a pair: no plausible reading (best: {best.why}, "
+                         f"{best.modifier} + {best.noun}, score {best.score:.3g} < {MIN_SCORE})")
     if best.kind == "compound":
         raise ValueError(
             f"text={text!r}: not a pair: reads as the noun compound {best.noun!r} "
             "(write e.g. 'barking dog' or 'dogs barking' for a verb-noun pair)"
         )
     return Pair(best.modifier, best.noun, best.kind, why=f"{best.why} (score {best.score:.3g})")
+
+
+def _parse_phrasal(text: str, tokens: list[str], particle: str) -> Pair:
+    """A verb-noun pair whose verb has a particle ("train slowing down" -> slowing down + train)."""
+    try:
+        pair = parse_pair(" ".join(tokens))
+    except ValueError as err:
+        raise ValueError(f"text={text!r}: not a pair: {str(err).split(': not a pair: ', 1)[-1]}") from None
+    verb = lexicon.word(pair.modifier).lemmas.get("VERB")
+    if pair.kind != "vnp" or verb is None:
+        raise ValueError(f"text={text!r}: not a pair: {particle!r} is no particle of a verb here")
+    return Pair(f"{pair.modifier} {particle}", pair.noun, "vnp", why=f"phrasal verb; {pair.why}")
 
 
 def _hyphen_split(token: str) -> list[str] | None:

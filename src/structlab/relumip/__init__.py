@@ -12,8 +12,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from structlab.relumip.bigm import LayerVars, encode_layer
 from structlab.relumip.bounds import Bounds, interval_bounds, lp_bounds, milp_bounds, stable_fraction
-from structlab.relumip.formulation import Formulation, LayerVars, Solution, encode_layer, optimize
+from structlab.relumip.formulation import Formulation, Solution, optimize
 from structlab.relumip.model import Model
 from structlab.relumip.network import Layer, ReluNetwork
 from structlab.relumip.regions import (

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from structlab import runtime
+from structlab.relumip.bigm import encode_layer
 from structlab.relumip.model import Model
 from structlab.relumip.network import Layer, ReluNetwork
 
@@ -193,8 +194,6 @@ def stable_fraction(net: ReluNetwork, bounds: Bounds) -> float:
 def _tighten(
     net: ReluNetwork, start: Bounds, mip: bool, time_limit: float | None, n_jobs: int | None, method: str
 ) -> Bounds:
-    from structlab.relumip.formulation import encode_layer  # formulation imports this module
-
     t0 = time.perf_counter()
     n_jobs = runtime.cpu_count() if n_jobs is None else n_jobs
     if not isinstance(n_jobs, int) or n_jobs < 1:
@@ -340,9 +339,7 @@ class RowBounds:
     def __init__(self, model: Model, cols: np.ndarray, mip: bool, time_limit: float | None) -> None:
         from scipy.sparse import csr_matrix
 
-        from structlab.relumip.solvers import highs_model
-
-        self.highs = highs_model(model)
+        self.highs = model.to_highs()
         self.highs.setOptionValue("threads", 1)
         if time_limit is not None:  # HiGHS restarts its clock at every run: this is a limit per problem
             self.highs.setOptionValue("time_limit", float(time_limit))

@@ -311,7 +311,7 @@ def _train(args: argparse.Namespace) -> int:
 
 def _bounds(args: argparse.Namespace) -> int:
     from structlab.relumip import Formulation, interval_bounds, lp_bounds, milp_bounds, stable_fraction
-    from structlab.relumip.formulation import NO_VAR
+    from structlab.relumip.bigm import NO_VAR
 
     args.bounds = "lp" if args.method == "milp" else args.method
     net, lower, upper, _ = _prepared(args)

@@ -4,17 +4,22 @@
                                        v_j integer for j in integers
 
 Variables are referred to by their integer index (``np.ndarray`` of indices for a group). Rows are
-collected in compressed sparse row form; :meth:`Model.write` exports MPS or LP files through HiGHS.
+collected in compressed sparse row form. HiGHS is the model's reference reader: :meth:`Model.to_highs`
+loads it into ``highspy`` (for the solver, bound tightening and file export), :meth:`Model.write` exports
+MPS or LP files through it.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
+
+from structlab.errors import StructlabError
 
 Sense = Literal["min", "max"]
 INF = float("inf")
@@ -182,21 +187,81 @@ class Model:
             "coefficient_max": float(magnitude.max()) if value.size else 0.0,
         }
 
+    def to_highs(self, names: bool = False) -> Any:
+        """A silent ``highspy.Highs`` holding this model (with variable names if ``names``)."""
+        highspy = import_highspy()
+        h = new_highs()
+        n = self.num_variables
+        h.addVars(n, self.col_lower, self.col_upper)
+        starts, index, value, lower, upper = self.rows()
+        if self.num_rows:
+            h.addRows(
+                self.num_rows, lower, upper, index.size,
+                starts[:-1].astype(np.int32), index.astype(np.int32), value,
+            )
+        integer = np.flatnonzero(self.integer).astype(np.int32)
+        if integer.size:
+            h.changeColsIntegrality(integer.size, integer, np.full(integer.size, 1, dtype=np.uint8))
+        cols = np.arange(n, dtype=np.int32)
+        h.changeColsCost(n, cols, self.cost)
+        h.changeObjectiveOffset(self.objective_offset)
+        h.changeObjectiveSense(
+            highspy.ObjSense.kMaximize if self.sense == "max" else highspy.ObjSense.kMinimize
+        )
+        if names:
+            for j, name in enumerate(self.names):
+                h.passColName(j, name)
+        return h
+
     def write(self, path: str | os.PathLike[str]) -> Path:
         """Write the model to ``path``: ``.mps`` (free MPS) or ``.lp`` (CPLEX LP), through HiGHS.
 
         Raises ``ValueError`` for another suffix. Returns the path.
         """
-        from structlab.relumip.solvers import highs_model
-
         out = Path(path)
         if out.suffix not in (".mps", ".lp"):
             raise ValueError(f"path={os.fspath(path)!r}: expected a file name ending in .mps or .lp")
         out.parent.mkdir(parents=True, exist_ok=True)
-        highs = highs_model(self, names=True)
+        highs = self.to_highs(names=True)
         tmp = out.with_name(f".{out.stem}.tmp{out.suffix}")  # HiGHS picks the format by the suffix
         status = highs.writeModel(os.fspath(tmp))
         if not tmp.is_file() or status.name == "kError":
             raise OSError(f"HiGHS could not write {out}")
         os.replace(tmp, out)
         return out
+
+
+# ------------------------------------------------------------------------------------------- HiGHS
+def import_highspy() -> Any:
+    """The ``highspy`` module; raises ``StructlabError`` naming the extra to install when it is missing."""
+    try:
+        import highspy
+    except ImportError as err:  # pragma: no cover - highspy is a dependency of the mip extra
+        raise StructlabError("HiGHS is not installed: pip install 'structlab[mip]'") from err
+    return highspy
+
+
+_BANNER_SHOWN = False
+
+
+def new_highs() -> Any:
+    """A silent ``highspy.Highs``. The first one of a process prints a banner to fd 1, which would corrupt
+    JSON printed by benchmarks and commands, so it is sent to /dev/null."""
+    global _BANNER_SHOWN
+    highspy = import_highspy()
+    if _BANNER_SHOWN:
+        h = highspy.Highs()
+        h.setOptionValue("output_flag", False)
+        return h
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 1)
+            h = highspy.Highs()
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+    _BANNER_SHOWN = True
+    h.setOptionValue("output_flag", False)
+    return h

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from structlab.relumip.bounds import check_box
+from structlab.relumip.model import new_highs
 from structlab.relumip.network import ReluNetwork
 
 DEFAULT_MAX_REGIONS = 200_000
@@ -271,8 +272,6 @@ def _count_by_lp(net: ReluNetwork, lo: np.ndarray, hi: np.ndarray, max_regions: 
     the far side gets the interior point ``p + t (q - p)`` between ``p`` and the LP's extreme point ``q``,
     past the hyperplane (``t < 1`` keeps it strictly inside). Near a hyperplane both LPs are solved.
     """
-    from structlab.relumip.solvers import new_highs
-
     folded = net.folded()
     d = net.input_dim
     eps = 1e-9 * (1.0 + float(np.abs(np.concatenate([lo, hi])).max()))

@@ -10,8 +10,6 @@ raise :class:`InfeasibleError` / :class:`UnboundedError`; a time-out is a result
 from __future__ import annotations
 
 import math
-import os
-import sys
 import time
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -19,7 +17,7 @@ from typing import Any, Literal
 import numpy as np
 
 from structlab.errors import StructlabError
-from structlab.relumip.model import Model
+from structlab.relumip.model import Model, import_highspy
 
 SOLVERS: tuple[str, ...] = ("highs", "scip")
 Status = Literal["optimal", "time_limit", "limit"]
@@ -118,70 +116,9 @@ def _gap(objective: float | None, bound: float) -> float:
 
 
 # ------------------------------------------------------------------------------------------- HiGHS
-def _highspy() -> Any:
-    try:
-        import highspy
-    except ImportError as err:  # pragma: no cover - highspy is a dependency of the mip extra
-        raise StructlabError("HiGHS is not installed: pip install 'structlab[mip]'") from err
-    return highspy
-
-
-_BANNER_SHOWN = False
-
-
-def new_highs() -> Any:
-    """A silent ``highspy.Highs``. The first one of a process prints a banner to fd 1, which would corrupt
-    JSON printed by benchmarks and commands, so it is sent to /dev/null."""
-    global _BANNER_SHOWN
-    highspy = _highspy()
-    if _BANNER_SHOWN:
-        h = highspy.Highs()
-        h.setOptionValue("output_flag", False)
-        return h
-    sys.stdout.flush()
-    saved = os.dup(1)
-    try:
-        with open(os.devnull, "w") as devnull:
-            os.dup2(devnull.fileno(), 1)
-            h = highspy.Highs()
-    finally:
-        os.dup2(saved, 1)
-        os.close(saved)
-    _BANNER_SHOWN = True
-    h.setOptionValue("output_flag", False)
-    return h
-
-
-def highs_model(model: Model, names: bool = False) -> Any:
-    """A silent ``highspy.Highs`` holding ``model`` (with variable names if ``names``)."""
-    highspy = _highspy()
-    h = new_highs()
-    n = model.num_variables
-    h.addVars(n, model.col_lower, model.col_upper)
-    starts, index, value, lower, upper = model.rows()
-    if model.num_rows:
-        h.addRows(
-            model.num_rows, lower, upper, index.size,
-            starts[:-1].astype(np.int32), index.astype(np.int32), value,
-        )
-    integer = np.flatnonzero(model.integer).astype(np.int32)
-    if integer.size:
-        h.changeColsIntegrality(integer.size, integer, np.full(integer.size, 1, dtype=np.uint8))
-    cols = np.arange(n, dtype=np.int32)
-    h.changeColsCost(n, cols, model.cost)
-    h.changeObjectiveOffset(model.objective_offset)
-    h.changeObjectiveSense(
-        highspy.ObjSense.kMaximize if model.sense == "max" else highspy.ObjSense.kMinimize
-    )
-    if names:
-        for j, name in enumerate(model.names):
-            h.passColName(j, name)
-    return h
-
-
 def _solve_highs(model: Model, options: SolverOptions, warm_start: np.ndarray | None) -> SolverResult:
-    highspy = _highspy()
-    h = highs_model(model)
+    highspy = import_highspy()
+    h = model.to_highs()
     h.setOptionValue("output_flag", options.verbose)
     if options.time_limit is not None:
         h.setOptionValue("time_limit", float(options.time_limit))
