@@ -59,6 +59,7 @@ class SmolLMPlan:
     recover: tuple[float, ...]
     fit_steps: int
     fit_lr: float
+    fit_batch: int
     distill_steps: int
     distill_lr: float
 
@@ -67,11 +68,12 @@ SMOLLM_PLANS = {
     "quick": SmolLMPlan(eval_windows=2, eval_length=96, calib_windows=4, calib_length=64, seeds=(0,),
                         weights_only=False, fractions=(GOAL_FRACTION,), head_query=(), method="hosvd",
                         hooi_iterations=0,
-                        recover=(GOAL_FRACTION,), fit_steps=8, fit_lr=2e-3, distill_steps=0, distill_lr=0.0),
+                        recover=(GOAL_FRACTION,), fit_steps=8, fit_lr=1e-2, fit_batch=2, distill_steps=0,
+                        distill_lr=0.0),
     "full": SmolLMPlan(eval_windows=6, eval_length=512, calib_windows=16, calib_length=256, seeds=(0, 1, 2),
                        weights_only=True, fractions=(0.5, GOAL_FRACTION, 0.125), head_query=((9, 288), (6, 384)),
-                       method="hooi", hooi_iterations=5, recover=(GOAL_FRACTION,), fit_steps=150, fit_lr=1e-3,
-                       distill_steps=30, distill_lr=2e-5),
+                       method="hooi", hooi_iterations=5, recover=(GOAL_FRACTION,), fit_steps=80, fit_lr=1e-2,
+                       fit_batch=1, distill_steps=20, distill_lr=2e-5),
 }
 
 
@@ -200,7 +202,8 @@ def run_smollm(ctx: StudyContext, plan: SmolLMPlan) -> StudyResult:
             ctx.log(f"{v.label}, seed {seed}: {record['numbers']} numbers/token/layer, activation-aware perplexity "
                     f"{run['aware']['perplexity']:.2f} ({cpu:.0f} CPU s)")
             if v.recover:
-                fit = fit_layers(converted, calibration, plan.fit_steps, plan.fit_lr, generator=gen, log=ctx.log)
+                fit = fit_layers(converted, calibration, plan.fit_steps, plan.fit_lr, batch=plan.fit_batch,
+                                 generator=gen, log=ctx.log)
                 run["fit"] = {**fit, **evaluate(converted)}
                 ctx.log(f"layer fit in {fit['cpu_seconds']:.0f} CPU s -> perplexity {run['fit']['perplexity']:.2f}")
                 if plan.distill_steps > 0:
@@ -245,7 +248,8 @@ def run_smollm(ctx: StudyContext, plan: SmolLMPlan) -> StudyResult:
         Table("Recovery: layer-wise fitting, then distillation (CPU seconds on one thread)",
               ["variant", "seed", "perplexity before", "after layer fit", "mean layer error before",
                "mean layer error after", "fit CPU s", "after distillation", "distillation CPU s"], recovery_rows,
-              note=f"Layer fit: {plan.fit_steps} Adam steps per layer on {plan.calib_windows} windows of "
+              note=f"Layer fit: {plan.fit_steps} Adam steps per layer ({plan.fit_batch} window(s) each) on "
+              f"{plan.calib_windows} windows of "
               f"{plan.calib_length} tokens from every {TRAIN_PLAYS_EVERY}th training play (the seed draws them); "
               f"distillation: {plan.distill_steps} steps of one window. Layer error: squared error of the layer's "
               "output relative to the original's, on the calibration windows."),
