@@ -57,6 +57,8 @@ class SmolLMPlan:
     method: str
     hooi_iterations: int
     recover: tuple[float, ...]
+    key_shares: tuple[float, ...]
+    rope_shares: tuple[float, ...]
     fit_steps: int
     fit_lr: float
     fit_batch: int
@@ -67,12 +69,13 @@ class SmolLMPlan:
 SMOLLM_PLANS = {
     "quick": SmolLMPlan(eval_windows=2, eval_length=96, calib_windows=4, calib_length=64, seeds=(0,),
                         weights_only=False, fractions=(GOAL_FRACTION,), head_query=(), method="hosvd",
-                        hooi_iterations=0,
-                        recover=(GOAL_FRACTION,), fit_steps=8, fit_lr=1e-2, fit_batch=2, distill_steps=0,
-                        distill_lr=0.0),
+                        hooi_iterations=0, recover=(GOAL_FRACTION,), key_shares=(0.75, 0.5), rope_shares=(1 / 3,),
+                        fit_steps=8, fit_lr=1e-2, fit_batch=2, distill_steps=0, distill_lr=0.0),
     "full": SmolLMPlan(eval_windows=6, eval_length=512, calib_windows=16, calib_length=256, seeds=(0, 1, 2),
                        weights_only=True, fractions=(0.5, GOAL_FRACTION, 0.125), head_query=((9, 288), (6, 384)),
-                       method="hooi", hooi_iterations=5, recover=(GOAL_FRACTION,), fit_steps=80, fit_lr=1e-2,
+                       method="hooi", hooi_iterations=5, recover=(GOAL_FRACTION,),
+                       key_shares=(5 / 6, 2 / 3, 1 / 2, 1 / 3), rope_shares=(2 / 3, 1 / 2, 1 / 3, 1 / 6),
+                       fit_steps=80, fit_lr=1e-2,
                        fit_batch=1, distill_steps=20, distill_lr=2e-5),
 }
 
@@ -175,15 +178,15 @@ def run_smollm(ctx: StudyContext, plan: SmolLMPlan) -> StudyResult:
     conversions: dict[str, dict[str, Any]] = {
         v.label: {"family": v.family, "fraction": v.fraction, "runs": []} for v in variants}
 
-    def convert(variant: Variant, covariances: list[torch.Tensor] | None) -> tuple[torch.nn.Module, float]:
-        began = time.process_time()
-        converted = replace_attention(copy.deepcopy(model), variant.builder(covariances))
-        return converted, time.process_time() - began
+    def convert(variant: Variant, calibrated: Calibrated | None) -> tuple[torch.nn.Module, float, list[int]]:
+        began, choices = time.process_time(), []
+        converted = replace_attention(copy.deepcopy(model), _builder(variant, calibrated, choices))
+        return converted, time.process_time() - began, choices
 
     if plan.weights_only:
         for v in variants:
             if v.main:
-                converted, cpu = convert(v, None)
+                converted, cpu, _ = convert(v, None)
                 conversions[v.label]["weights_only"] = {**evaluate(converted), "convert_cpu_seconds": cpu}
                 ctx.log(f"{v.label}, weights only: perplexity {conversions[v.label]['weights_only']['perplexity']:.1f}")
                 del converted
@@ -191,14 +194,17 @@ def run_smollm(ctx: StudyContext, plan: SmolLMPlan) -> StudyResult:
         gen = torch.Generator().manual_seed(seed)
         batches = windows(calibration_text, plan.calib_length, plan.calib_windows, generator=gen)
         calibration = record_attention(model, batches)
-        covariances = input_covariances(calibration)
+        calibrated = Calibrated(calibration, input_covariances(calibration), inv_freq)
         for v in variants:
             if seed != plan.seeds[0] and not v.recover:
                 continue
-            converted, cpu = convert(v, covariances)
+            converted, cpu, choices = convert(v, calibrated)
             record = conversions[v.label]
             record["numbers"] = kv_cache_bytes(attention_layers(converted)[0], 1, torch.float32) // 4
-            run: dict[str, Any] = {"seed": seed, "aware": {**evaluate(converted), "convert_cpu_seconds": cpu}}
+            sizes = [(layer.ranks[2], layer.value_ranks[2]) if v.family == "tucker"
+                     else (layer.kv_latent, layer.rope_head_dim) for layer in attention_layers(converted)]
+            run: dict[str, Any] = {"seed": seed, "aware": {**evaluate(converted), "convert_cpu_seconds": cpu},
+                                   "layer_sizes": sizes}
             ctx.log(f"{v.label}, seed {seed}: {record['numbers']} numbers/token/layer, activation-aware perplexity "
                     f"{run['aware']['perplexity']:.2f} ({cpu:.0f} CPU s)")
             if v.recover:
@@ -214,7 +220,7 @@ def run_smollm(ctx: StudyContext, plan: SmolLMPlan) -> StudyResult:
                             f"{run['distill']['perplexity']:.2f}")
             record["runs"].append(run)
             del converted
-        del calibration, covariances
+        del calibration, calibrated
     for label, c in conversions.items():
         if "weights_only" in c:
             rows.append(_variant_row(label, c["family"], c["numbers"], spread([c["weights_only"]["perplexity"]]),
@@ -278,47 +284,85 @@ STAGES = (("aware", "activation-aware"), ("fit", "+ layer fit"), ("distill", "+ 
 
 @dataclass(frozen=True)
 class Variant:
-    """One conversion: label, family ("tucker" | "mla"), KV fraction, ``builder(covariances)`` giving the
-    per-layer build for :func:`~structlab.tucker.hf.replace_attention`, whether it is recovered and
-    whether it is one of the fraction's main variants (also converted from the weights alone)."""
+    """One conversion: label, family ("tucker" | "mla"), KV fraction, the candidate builds of one layer
+    (``candidates``: functions (gqa, covariance) -> layer, all with the same cache size), whether it is
+    recovered and whether it is one of the fraction's main variants (also converted from the weights)."""
 
     label: str
     family: str
     fraction: float
-    builder: Any
+    candidates: tuple[Any, ...]
     recover: bool
     main: bool
 
 
-def _per_layer(covariances: list[torch.Tensor] | None, make: Any) -> Any:
-    """A build function giving ``make(gqa, covariance)`` with the next layer's covariance (or None)."""
+class Calibrated:
+    """What a conversion may use of the calibration: per layer the input second moment, and the recorded
+    inputs and outputs on which each layer picks the candidate (key/value split) of least output error."""
+
+    def __init__(self, calibration: Any, covariances: list[torch.Tensor], inv_freq: torch.Tensor) -> None:
+        self.calibration, self.covariances, self.inv_freq = calibration, covariances, inv_freq
+
+    def layer_error(self, layer: torch.nn.Module, index: int) -> float:
+        from structlab.tucker.hf import HFAttention, rope_index_of
+        from structlab.tucker.recovery import _relative_error
+
+        rope_index = rope_index_of(layer.rope_frequencies, self.inv_freq)
+        wrapped = HFAttention(layer.float(), index, rope_index)
+        with torch.no_grad():
+            return float(_relative_error(wrapped, self.calibration.inputs[index], self.calibration.outputs[index],
+                                         self.calibration.position_embeddings))
+
+
+def _builder(variant: Variant, calibrated: Calibrated | None, choices: list[int]) -> Any:
+    """The per-layer build of ``variant`` for replace_attention: from the weights alone (first candidate,
+    no covariance), or activation-aware, each layer taking its candidate of least calibration error
+    (its index appended to ``choices``)."""
     layer = iter(range(10**9))
-    return lambda gqa: make(gqa, None if covariances is None else covariances[next(layer)])
+
+    def build(gqa: Any) -> Any:
+        i = next(layer)
+        if calibrated is None:
+            return variant.candidates[0](gqa, None)
+        built = [make(gqa, calibrated.covariances[i]) for make in variant.candidates]
+        if len(built) == 1:
+            choices.append(0)
+            return built[0]
+        errors = [calibrated.layer_error(copy.deepcopy(b), i) for b in built]
+        choices.append(errors.index(min(errors)))
+        return built[choices[-1]]
+
+    return build
 
 
 def _variants(plan: SmolLMPlan, n_heads: int, d: int, d_h: int, gqa_numbers: int) -> list[Variant]:
     from structlab.tucker.rotary_compress import compress_rotary
-    from structlab.tucker.transmla import gqa_to_mla, rope_split
+    from structlab.tucker.transmla import gqa_to_mla
 
-    def tucker(qk: tuple[int, int, int], vo: tuple[int, int, int]) -> Any:
-        return lambda covs: _per_layer(covs, lambda gqa, cov: compress_rotary(
-            gqa, (qk, vo), plan.method, max_iter=plan.hooi_iterations, input_covariance=cov))
+    def tucker(r1: int, r2: int, r3: int, v3: int) -> Any:
+        return lambda gqa, cov: compress_rotary(gqa, ((r1, r2, r3), (r1, r2, v3)), plan.method,
+                                                max_iter=plan.hooi_iterations, input_covariance=cov)
+
+    def mla(kv_latent: int, rope_dim: int) -> Any:
+        return lambda gqa, cov: gqa_to_mla(gqa, kv_latent, rope_dim, input_covariance=cov)
 
     out = []
     for fraction in plan.fractions:
         budget = int(round(fraction * gqa_numbers))
-        r3 = v3 = budget // 2 - (budget // 2) % 2
+        # Key latent sizes (even) tried per layer, largest share first; the rest of the budget is values.
+        keys = sorted({min(budget - 2, max(2, 2 * round(share * budget / 2))) for share in plan.key_shares},
+                      reverse=True)
+        ropes = sorted({min(d_h, max(2, 2 * round(share * budget / 2))) for share in plan.rope_shares}, reverse=True)
         recover = fraction in plan.recover
-        out.append(Variant(f"Tucker {fraction:.3g} ({n_heads},{d},{r3})/({n_heads},{d},{v3})", "tucker", fraction,
-                           tucker((n_heads, d, r3), (n_heads, d, v3)), recover, True))
+        split = "/".join(str(k) for k in keys)
+        out.append(Variant(f"Tucker {fraction:.3g} ({n_heads},{d},r3)/({n_heads},{d},{budget}-r3), r3 in {split}",
+                           "tucker", fraction, tuple(tucker(n_heads, d, k, budget - k) for k in keys), recover, True))
         if fraction == GOAL_FRACTION:
-            out += [Variant(f"Tucker {fraction:.3g} ({r1},{r2},{r3})/({r1},{r2},{v3})", "tucker", fraction,
-                            tucker((r1, r2, r3), (r1, r2, v3)), False, False) for r1, r2 in plan.head_query]
-        kv_latent, rope_dim = rope_split(budget, d_h)
-        out.append(Variant(f"MLA {fraction:.3g} (d_c={kv_latent}, d_R={rope_dim})", "mla", fraction,
-                           lambda covs, c=kv_latent, r=rope_dim: _per_layer(
-                               covs, lambda gqa, cov: gqa_to_mla(gqa, c, r, input_covariance=cov)),
-                           recover, True))
+            out += [Variant(f"Tucker {fraction:.3g} ({r1},{r2},r3)/({r1},{r2},{budget}-r3), r3 in {split}", "tucker",
+                            fraction, tuple(tucker(r1, r2, k, budget - k) for k in keys), False, False)
+                    for r1, r2 in plan.head_query]
+        out.append(Variant(f"MLA {fraction:.3g} (d_c = {budget} - d_R, d_R in {'/'.join(map(str, ropes))})", "mla",
+                           fraction, tuple(mla(budget - r, r) for r in ropes), recover, True))
     return out
 
 

@@ -122,9 +122,3 @@ def gqa_to_mla(
     mla.rope_frequencies = torch.stack([parts[f]["frequency"] for f in keep]).double()
     return mla.train(gqa.training)
 
-
-def rope_split(budget: int, head_dim: int) -> tuple[int, int]:
-    """(kv_latent, rope_dim) for an MLA cache of ``budget`` numbers per token: a third of it (even, at
-    most d_H) for the rotary key, as TransMLA's d_R = 64 of 512 and MHA2MLA's partial RoPE sizes go."""
-    rope_dim = min(head_dim, max(2, 2 * round(budget / 6)))
-    return budget - rope_dim, rope_dim
