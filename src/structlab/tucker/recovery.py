@@ -11,7 +11,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -73,35 +73,42 @@ def _relative_error(layer: HFAttention, x: Tensor, y: Tensor, tables: tuple[Tens
 
 
 def fit_layers(
-    model: nn.Module, calibration: Calibration, steps: int, lr: float, batch: int = 2,
+    model: nn.Module, calibration: Calibration, steps: int, lr: float | Sequence[float], batch: int = 2,
     generator: torch.Generator | None = None, log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Fit each converted layer of ``model`` to its original's recorded outputs; returns per-layer relative
-    squared errors before and after, and the CPU seconds spent (``process_time``) and wall seconds.
+    squared errors before and after, the learning rate each layer kept, and the CPU seconds spent
+    (``process_time``) and wall seconds.
 
     Each step takes ``batch`` random calibration windows; ``steps`` Adam steps with a cosine decay to
-    zero, each parameter tensor at ``lr`` times its own RMS (a relative step); a layer whose error on all
-    calibration windows ends above where it started is restored. Raises ``ValueError`` if the number of
-    converted layers differs from the number recorded.
+    zero, each parameter tensor at ``lr`` times its own RMS (a relative step). With several learning
+    rates each layer is fitted from its starting point with each and keeps the best; a layer whose
+    error on all calibration windows would end above where it started is restored (learning rate 0).
+    Raises ``ValueError`` if the number of converted layers differs from the number recorded.
     """
     layers = [m for m in model.modules() if isinstance(m, HFAttention)]
     if len(layers) != len(calibration.inputs):
         raise ValueError(
             f"model has {len(layers)} converted layers; the calibration recorded {len(calibration.inputs)}"
         )
+    rates = [lr] if isinstance(lr, (int, float)) else list(lr)
     generator = generator if generator is not None else torch.Generator().manual_seed(0)
     cpu, wall = time.process_time(), time.perf_counter()
-    before, after = [], []
+    before, after, kept = [], [], []
     cos, sin = calibration.position_embeddings
     for i, (layer, x, y) in enumerate(zip(layers, calibration.inputs, calibration.outputs, strict=True)):
+        params = [p for p in layer.parameters() if p.is_floating_point()]
+        start = [p.detach().clone() for p in params]
         with torch.no_grad():
             before.append(float(_relative_error(layer, x, y, (cos, sin))))
-        params = [p for p in layer.parameters() if p.is_floating_point()]
-        saved = [p.detach().clone() for p in params]
-        if steps > 0:
+        best = (before[-1], 0.0, start)
+        for rate in rates if steps > 0 else []:
+            with torch.no_grad():
+                for p, value in zip(params, start, strict=True):
+                    p.copy_(value)
             # Factors of a whitened decomposition differ in scale by orders of magnitude; Adam moves every
-            # entry by about its learning rate, so each tensor gets ``lr`` times its own RMS.
-            groups = [{"params": [p], "lr": lr * float(p.detach().pow(2).mean().sqrt().clamp_min(1e-8))}
+            # entry by about its learning rate, so each tensor gets ``rate`` times its own RMS.
+            groups = [{"params": [p], "lr": rate * float(p.detach().pow(2).mean().sqrt().clamp_min(1e-8))}
                       for p in params]
             optimiser = torch.optim.Adam(groups)
             schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, steps)
@@ -112,19 +119,20 @@ def fit_layers(
                 loss.backward()
                 optimiser.step()
                 schedule.step()
-        with torch.no_grad():
-            error = float(_relative_error(layer, x, y, (cos, sin)))
-            if error > before[-1]:  # never leave a layer worse than it came
-                for p, old in zip(params, saved, strict=True):
-                    p.copy_(old)
-                error = before[-1]
-        after.append(error)
-        for p in params:
-            p.grad = None
+            with torch.no_grad():
+                error = float(_relative_error(layer, x, y, (cos, sin)))
+            if error < best[0]:
+                best = (error, rate, [p.detach().clone() for p in params])
+        with torch.no_grad():  # the best fit, or the starting point when no fit improved on it
+            for p, value in zip(params, best[2], strict=True):
+                p.copy_(value)
+                p.grad = None
+        after.append(best[0])
+        kept.append(best[1])
         if log is not None and (i + 1) % 10 == 0:
             log(f"fitted {i + 1}/{len(layers)} layers")
-    return {"before": before, "after": after, "cpu_seconds": time.process_time() - cpu,
-            "seconds": time.perf_counter() - wall, "steps": steps, "lr": lr}
+    return {"before": before, "after": after, "learning_rates": kept, "cpu_seconds": time.process_time() - cpu,
+            "seconds": time.perf_counter() - wall, "steps": steps, "lr": rates}
 
 
 def distill(
