@@ -227,16 +227,17 @@ def test_mla_conversion_of_a_multi_query_model_is_exact_and_caches_its_latent() 
     assert greedy(mla, ids[:1], 6).tolist() == greedy(original, ids[:1], 6).tolist()
 
 
-def test_layer_fitting_lowers_every_layers_error_and_distillation_trains_only_attention() -> None:
+def test_layer_fitting_lowers_each_layers_held_back_error_and_distillation_trains_only_attention() -> None:
     from structlab.tucker.recovery import distill, fit_layers, record_attention
 
     original = build("llama")
     converted = convert_hf(copy.deepcopy(original), ranks=(3, 16, 6))
-    batches = prompts(4, 16, seed=11)
+    batches = prompts(12, 16, seed=11)
     calibration = record_attention(original, batches)
-    assert len(calibration.inputs) == 2 and calibration.inputs[0].shape == (4, 16, 48)
-    fit = fit_layers(converted, calibration, steps=40, lr=1e-2)
-    assert all(a < 0.9 * b for a, b in zip(fit["after"], fit["before"], strict=True))
+    assert len(calibration.inputs) == 2 and calibration.inputs[0].shape == (12, 16, 48)
+    fit = fit_layers(converted, calibration, steps=60, lr=(1e-2, 1e-3))
+    # errors on the 3 held-back windows, which the fit never trained on
+    assert all(a < 0.95 * b for a, b in zip(fit["after"], fit["before"], strict=True)), fit
     frozen = converted.lm_head.weight.clone()
     result = distill(converted, original, batches, steps=3, lr=1e-3)
     assert len(result["losses"]) == 3 and all(math.isfinite(v) for v in result["losses"])

@@ -80,11 +80,13 @@ def fit_layers(
     squared errors before and after, the learning rate each layer kept, and the CPU seconds spent
     (``process_time``) and wall seconds.
 
-    Each step takes ``batch`` random calibration windows; ``steps`` Adam steps with a cosine decay to
-    zero, each parameter tensor at ``lr`` times its own RMS (a relative step). With several learning
-    rates each layer is fitted from its starting point with each and keeps the best; a layer whose
-    error on all calibration windows would end above where it started is restored (learning rate 0).
-    Raises ``ValueError`` if the number of converted layers differs from the number recorded.
+    A quarter of the calibration windows (at least one) is held back to judge the fits; each step takes
+    ``batch`` random windows of the rest, ``steps`` Adam steps with a cosine decay to zero. With several
+    learning rates each layer is fitted from its starting point with each and keeps the one of least
+    error on the held-back windows; when none improves on the starting point the layer stays as it was
+    (learning rate 0), so a fit that only memorises the calibration text is not kept. Errors are
+    reported on the held-back windows. Raises ``ValueError`` if the number of converted layers differs
+    from the number recorded or fewer than two windows were recorded.
     """
     layers = [m for m in model.modules() if isinstance(m, HFAttention)]
     if len(layers) != len(calibration.inputs):
@@ -92,6 +94,11 @@ def fit_layers(
             f"model has {len(layers)} converted layers; the calibration recorded {len(calibration.inputs)}"
         )
     rates = [lr] if isinstance(lr, (int, float)) else list(lr)
+    count = len(calibration.inputs[0])
+    if count < 2:
+        raise ValueError(f"calibration: {count} window(s); expected at least 2 (some are held back)")
+    held = max(1, count // 4)
+    train, check = slice(0, count - held), slice(count - held, count)
     generator = generator if generator is not None else torch.Generator().manual_seed(0)
     cpu, wall = time.process_time(), time.perf_counter()
     before, after, kept = [], [], []
@@ -100,27 +107,23 @@ def fit_layers(
         params = [p for p in layer.parameters() if p.is_floating_point()]
         start = [p.detach().clone() for p in params]
         with torch.no_grad():
-            before.append(float(_relative_error(layer, x, y, (cos, sin))))
+            before.append(float(_relative_error(layer, x[check], y[check], (cos[check], sin[check]))))
         best = (before[-1], 0.0, start)
         for rate in rates if steps > 0 else []:
             with torch.no_grad():
                 for p, value in zip(params, start, strict=True):
                     p.copy_(value)
-            # Factors of a whitened decomposition differ in scale by orders of magnitude; Adam moves every
-            # entry by about its learning rate, so each tensor gets ``rate`` times its own RMS.
-            groups = [{"params": [p], "lr": rate * float(p.detach().pow(2).mean().sqrt().clamp_min(1e-8))}
-                      for p in params]
-            optimiser = torch.optim.Adam(groups)
+            optimiser = torch.optim.Adam(params, lr=rate)
             schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, steps)
             for _ in range(steps):
-                pick = torch.randint(len(x), (min(batch, len(x)),), generator=generator)
-                loss = _relative_error(layer, x[pick], y[pick], (cos[pick], sin[pick]))
+                pick = torch.randint(count - held, (min(batch, count - held),), generator=generator)
+                loss = _relative_error(layer, x[train][pick], y[train][pick], (cos[train][pick], sin[train][pick]))
                 optimiser.zero_grad(set_to_none=True)
                 loss.backward()
                 optimiser.step()
                 schedule.step()
             with torch.no_grad():
-                error = float(_relative_error(layer, x, y, (cos, sin)))
+                error = float(_relative_error(layer, x[check], y[check], (cos[check], sin[check])))
             if error < best[0]:
                 best = (error, rate, [p.detach().clone() for p in params])
         with torch.no_grad():  # the best fit, or the starting point when no fit improved on it

@@ -70,12 +70,12 @@ SMOLLM_PLANS = {
     "quick": SmolLMPlan(eval_windows=2, eval_length=96, calib_windows=4, calib_length=64, seeds=(0,),
                         weights_only=False, fractions=(GOAL_FRACTION,), head_query=(), method="hosvd",
                         hooi_iterations=0, recover=(GOAL_FRACTION,), key_shares=(0.75, 0.5), rope_shares=(1 / 3,),
-                        fit_steps=8, fit_lr=(1e-2, 1e-3), fit_batch=2, distill_steps=0, distill_lr=0.0),
+                        fit_steps=8, fit_lr=(1e-3, 1e-4), fit_batch=2, distill_steps=0, distill_lr=0.0),
     "full": SmolLMPlan(eval_windows=6, eval_length=512, calib_windows=16, calib_length=256, seeds=(0, 1, 2),
                        weights_only=True, fractions=(0.5, GOAL_FRACTION, 0.125), head_query=((9, 288), (6, 384)),
-                       method="hooi", hooi_iterations=5, recover=(GOAL_FRACTION,),
+                       method="hosvd", hooi_iterations=0, recover=(GOAL_FRACTION,),
                        key_shares=(5 / 6, 2 / 3, 1 / 2, 1 / 3), rope_shares=(2 / 3, 1 / 2, 1 / 3, 1 / 6),
-                       fit_steps=80, fit_lr=(1e-2, 1e-3),
+                       fit_steps=60, fit_lr=(1e-3, 1e-4),
                        fit_batch=1, distill_steps=20, distill_lr=2e-5),
 }
 
