@@ -12,7 +12,7 @@ ifneq ($(wildcard ../shared/data),)
 export STRUCTLAB_DATA ?= $(abspath ../shared/data)
 endif
 
-.PHONY: run test test-all lint bench report clean
+.PHONY: run test test-all lint bench report docs clean
 
 run: $(STAMP)
 	$(BIN)/structlab reproduce --scale $(SCALE)
@@ -31,6 +31,10 @@ bench: $(STAMP)
 
 report: $(STAMP)
 	$(BIN)/structlab report
+
+# Regenerate the evidence blocks of README.md and docs/*.md from evidence/ (after `structlab evidence save`).
+docs: $(STAMP)
+	$(BIN)/structlab report --docs
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

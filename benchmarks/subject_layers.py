@@ -167,7 +167,7 @@ def main(argv=None) -> int:
         ]
     result = StudyResult(
         part="subject", study="bench_layers", title="Subject-conditioned layers: step time against unwrapped",
-        scale="bench",
+        scale="full",  # a benchmark at its documented size is evidence (`structlab evidence save`)
         summary="Median per-round ratios of wrapped to unwrapped step times, measured in one run.",
         config=vars(args),
         metrics={run["model"]: run for run in runs},

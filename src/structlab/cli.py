@@ -1,6 +1,6 @@
 """The ``structlab`` command.
 
-Top-level commands: ``data``, ``reproduce``, ``report``. Each part adds its own command group from
+Top-level commands: ``data``, ``reproduce``, ``report``, ``evidence``. Each part adds its own command group from
 ``structlab/<part>/cli.py``, which defines ``register(subparsers) -> None``; a part that has none yet
 is left out of ``--help``. Errors print as one line (``error: ...``) unless ``--debug`` is given.
 """
@@ -140,18 +140,97 @@ def _reproduce(args: argparse.Namespace) -> int:
 
 def _report_command(subparsers) -> None:
     rep = add_command(
-        subparsers, "report", "render every results file into results/report.html and report.md",
-        examples="structlab report\nstructlab report --results /tmp/results",
+        subparsers, "report",
+        "render stored evidence and your results into results/report.html and report.md; --docs: regenerate "
+        "the evidence blocks of README.md and docs/*.md",
+        examples="""
+            structlab report
+            structlab report --results /tmp/results
+            structlab report --docs            # rewrite the marked blocks of README.md and docs/*.md
+            structlab report --docs --check    # only say which blocks differ from the evidence (exit 1)
+        """,
     )
     rep.add_argument("--results", type=Path, default=DEFAULT_RESULTS, help="results folder (default: results)")
+    rep.add_argument("--evidence", type=Path, default=None,
+                     help="evidence folder (default: the checkout's evidence/)")
+    rep.add_argument("--docs", action="store_true",
+                     help="regenerate the <!-- evidence:... --> blocks of README.md and docs/*.md instead")
+    rep.add_argument("--check", action="store_true", help="with --docs: write nothing, exit 1 if a block differs")
     rep.set_defaults(func=_report)
 
 
 def _report(args: argparse.Namespace) -> int:
-    from structlab import report
+    from structlab import docblocks, report
 
-    html, md = report.write_report(args.results)
+    if args.check and not args.docs:
+        raise ValueError("--check: only with --docs")
+    if args.docs:
+        differences = docblocks.update_docs(evidence_dir=args.evidence, check=args.check)
+        for diff in differences:
+            print(("differs: " if args.check else "updated: ") + str(diff))
+        if not differences:
+            print("every evidence block of README.md and docs/*.md matches the evidence")
+        return 1 if args.check and differences else 0
+    html, md = report.write_report(args.results, args.evidence)
     print(f"report: {html.resolve()}\nmarkdown: {md.resolve()}")
+    return 0
+
+
+def _evidence_commands(subparsers) -> None:
+    ev = add_command(
+        subparsers, "evidence", "store full-scale results in evidence/ (what README and docs quote) and list them",
+        examples="""
+            structlab evidence list
+            structlab evidence save tucker/charlm
+            structlab evidence save --results /work/runs/full/results tucker/vit relumip/peaks
+            structlab evidence save tucker/charlm \\
+                --command "OMP_NUM_THREADS=1 structlab reproduce --scale full --only {part} --study {study}"
+        """,
+    )
+    sub = ev.add_subparsers(dest="evidence_command", required=True, metavar="COMMAND")
+    save = add_command(
+        sub, "save",
+        "copy full-scale results files (studies and benchmarks) with their figures into evidence/<part>/",
+        examples="""
+            structlab evidence save                       # every full-scale results file in results/
+            structlab evidence save tucker/charlm subject/bench_layers
+            structlab evidence save relumip/peaks --results ../runs/results \\
+                --command "structlab reproduce --scale full --only {part} --study {study}"
+        """,
+        description="Copy full-scale results files with their figures into evidence/<part>/, recording the commit "
+        "(and whether the checkout was dirty), the command, the machine, wall time and package versions. "
+        "Quick-scale results, results whose last run failed and results made by code other than their "
+        "recorded commit are refused; nothing is written unless every named file passes.",
+    )
+    save.add_argument("studies", nargs="*", metavar="PART/STUDY",
+                      help="results to store (default: every full-scale results file in --results)")
+    save.add_argument("--results", type=Path, default=DEFAULT_RESULTS, help="results folder (default: results)")
+    save.add_argument("--evidence", type=Path, default=None, help="evidence folder (default: the checkout's evidence/)")
+    save.add_argument("--command", default=None,
+                      help="the command that made results files which do not record one ({part} and {study} are "
+                           "filled in per file)")
+    save.add_argument("--replace-newer", action="store_true",
+                      help="replace stored evidence even when it was made later than the results file")
+    save.set_defaults(func=_evidence_save)
+    lst = add_command(sub, "list", "show the stored evidence (commit, date, scale) and the studies that have none",
+                      examples="structlab evidence list")
+    lst.add_argument("--evidence", type=Path, default=None, help="evidence folder (default: the checkout's evidence/)")
+    lst.set_defaults(func=_evidence_list)
+
+
+def _evidence_save(args: argparse.Namespace) -> int:
+    from structlab import evidence
+
+    saved = evidence.save(args.studies, args.results, args.evidence, args.command, args.replace_newer)
+    print(f"{len(saved)} evidence file(s) saved; regenerate the docs with: structlab report --docs")
+    return 0 if saved else 1
+
+
+def _evidence_list(args: argparse.Namespace) -> int:
+    from structlab import evidence
+
+    rows, missing = evidence.listing(args.evidence)
+    print(evidence.format_listing(rows, missing))
     return 0
 
 
@@ -168,6 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
     _data_commands(sub)
     _reproduce_command(sub)
     _report_command(sub)
+    _evidence_commands(sub)
     for part in PARTS:
         module = f"structlab.{part}.cli"
         try:

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Literal
 
 from structlab import runtime
-from structlab.results import StudyResult, finish, read_result, results_path
+from structlab.results import StudyResult, finish, read_result, record_failure, results_path
 
 Scale = Literal["quick", "full"]
 SCALES: tuple[str, ...] = ("quick", "full")
@@ -184,5 +184,6 @@ def run(
             seconds = time.perf_counter() - start
             log(f"[{label}] FAILED after {seconds:.0f} s: {type(err).__name__}: {err}")
             log(traceback.format_exc())
+            record_failure(results_dir, spec.part, spec.name, scale, f"{type(err).__name__}: {err}")
             outcomes.append(Outcome(spec.part, spec.name, "failed", seconds, f"{type(err).__name__}: {err}"))
     return outcomes

@@ -8,13 +8,16 @@ every such file; README and docs quote numbers from them, never from constants i
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import math
 import os
 import platform
+import shlex
 import statistics
 import subprocess
+import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
@@ -136,7 +139,8 @@ def format_spread(s: dict[str, Any], digits: int = 3) -> str:
 
 
 def environment(extra_packages: Sequence[str] = ()) -> dict[str, Any]:
-    """Python, machine and package versions, for the record."""
+    """Python, machine, package versions, the git commit (and whether the tree had uncommitted changes)
+    and the command line, for the record."""
     versions = {}
     for name in (*_PACKAGES, *extra_packages):
         try:
@@ -147,10 +151,13 @@ def environment(extra_packages: Sequence[str] = ()) -> dict[str, Any]:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "machine": platform.machine(),
-        "processor": platform.processor() or platform.machine(),
+        "processor": _cpu_model() or platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
+        "usable_cores": _usable_cores(),
         "packages": versions,
-        "git_commit": _git_commit(),
+        "git_commit": _git(["rev-parse", "--short", "HEAD"]),
+        "git_dirty": _git_dirty(),
+        "command": command_line(),
     }
     try:
         import torch
@@ -162,15 +169,76 @@ def environment(extra_packages: Sequence[str] = ()) -> dict[str, Any]:
     return env
 
 
-def _git_commit() -> str | None:
+# Variables that change what a run measures or how fast: recorded in front of the command.
+_COMMAND_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "STRUCTLAB_DATA", "CUDA_VISIBLE_DEVICES")
+
+
+def command_line(argv: Sequence[str] | None = None, env: dict[str, str] | None = None) -> str:
+    """The command that started this process, as one would type it again: the variables of
+    ``_COMMAND_ENV`` that are set, then the program (``structlab``, ``python -m structlab.cli`` or
+    ``python SCRIPT``) and its arguments, shell-quoted."""
+    argv = list(sys.argv if argv is None else argv)
+    env = os.environ if env is None else env
+    if not argv:
+        return ""
+    program = Path(argv[0])
+    if program.name == "structlab":
+        head = ["structlab"]
+    elif program.name == "__main__.py" or program.as_posix().endswith("structlab/cli.py"):
+        head = ["python", "-m", "structlab.cli"]
+    elif program.suffix == ".py":
+        head = ["python", _relative(program)]
+    else:
+        head = [program.name]
+    prefix = [f"{k}={shlex.quote(env[k])}" for k in _COMMAND_ENV if env.get(k)]
+    return " ".join([*prefix, shlex.join([*head, *argv[1:]])])
+
+
+def _relative(path: Path) -> str:
+    """``path`` relative to the working directory when it lies below it (``benchmarks/x.py``)."""
+    try:
+        return path.resolve().relative_to(Path.cwd().resolve()).as_posix()
+    except ValueError:
+        return path.as_posix()
+
+
+def _usable_cores() -> int | None:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count()
+
+
+def _cpu_model() -> str | None:
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
+def _git(args: Sequence[str]) -> str | None:
     try:
         out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            capture_output=True, text=True, timeout=5, cwd=Path(__file__).parent, check=False,
+            ["git", *args], capture_output=True, text=True, timeout=5, cwd=Path(__file__).parent, check=False,
         )
     except (OSError, subprocess.TimeoutExpired):
         return None
-    return out.stdout.strip() or None
+    return (out.stdout.strip() or None) if out.returncode == 0 else None
+
+
+def _git_dirty() -> bool | None:
+    """Whether tracked files of the checkout differ from its commit (None outside a git checkout)."""
+    try:
+        out = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True, text=True, timeout=10, cwd=Path(__file__).parent, check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return bool(out.stdout.strip()) if out.returncode == 0 else None
 
 
 def now() -> str:
@@ -188,7 +256,33 @@ def write_result(result: StudyResult, results_dir: str | os.PathLike[str]) -> Pa
         if not (path.parent / fig).is_file():
             raise ValueError(f"figures: {fig!r} is not a file in {path.parent}")
     atomic_write_json(path, result.to_dict())
+    with contextlib.suppress(FileNotFoundError):
+        failure_path(results_dir, result.part, result.study).unlink()
     return path
+
+
+def failure_path(results_dir: str | os.PathLike[str], part: str, study: str) -> Path:
+    """Where ``reproduce`` notes that the last run of a study failed (removed when a run succeeds)."""
+    return Path(results_dir) / part / f".{study}.failed"
+
+
+def record_failure(results_dir: str | os.PathLike[str], part: str, study: str, scale: str, error: str) -> None:
+    """Note that a run of ``part/study`` failed, so that its older results file is not taken for this run's."""
+    atomic_write_json(failure_path(results_dir, part, study), {
+        "part": part, "study": study, "scale": scale, "error": error, "time": now(), "command": command_line(),
+    })
+
+
+def failure_record(results_dir: str | os.PathLike[str], part: str, study: str) -> dict[str, Any] | None:
+    """The note of :func:`record_failure`, or None when the last run did not fail (or left no note)."""
+    path = failure_path(results_dir, part, study)
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, json.JSONDecodeError):
+        return {"error": "unreadable failure note", "time": "9999"}  # unreadable: assume the worst
+    return record if isinstance(record, dict) else {"error": "unreadable failure note", "time": "9999"}
 
 
 def finish(result: StudyResult, results_dir: str | os.PathLike[str], wall_seconds: float | None = None) -> Path:

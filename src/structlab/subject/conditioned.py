@@ -23,15 +23,19 @@ from __future__ import annotations
 import copy
 import fnmatch
 import json
+import numbers
 import os
 import tempfile
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path as FilePath
+from typing import NamedTuple
 
+import numpy as np
 import torch
 from torch import nn
+from torch.nn.modules.lazy import LazyModuleMixin
 from torch.nn.utils import parametrize
 
 from structlab.subject.layers import (
@@ -42,10 +46,18 @@ from structlab.subject.layers import (
     SubjectState,
     plain_class,
     rank_limit,
+    staged,
 )
 
 FORMAT = "structlab.subject/1"
 _UNSUPPORTED = (nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+
+
+class BaseKeys(NamedTuple):
+    """What :meth:`SubjectConditioned.load_base_state_dict` did not match, in the unwrapped model's names."""
+
+    missing_keys: list[str]
+    unexpected_keys: list[str]
 
 
 @dataclass(frozen=True)
@@ -131,6 +143,7 @@ class SubjectConditioned(nn.Module):
         }
         chosen: list[tuple[str, nn.Module, int]] = []
         too_small: list[str] = []
+        lazy: list[str] = []
         for name, module in model.named_modules():
             if isinstance(module, nn.MultiheadAttention):
                 self.skipped_layers[name or "<model>"] = (
@@ -142,14 +155,24 @@ class SubjectConditioned(nn.Module):
             if id(module) in inside_attention or not isinstance(module, WRAPPABLE + _UNSUPPORTED):
                 continue
             label = name or "<model>"
-            reason = self._skip_reason(name, module)
+            uninitialised = isinstance(module, LazyModuleMixin) and module.has_uninitialized_params()
+            reason = self._skip_reason(name, module, lazy=uninitialised)
             if reason:
                 self.skipped_layers[label] = reason
+                continue
+            if uninitialised:
+                lazy.append(label)
                 continue
             limit = rank_limit(module)
             if self.rank > limit and not self.clip_rank:
                 too_small.append(f"{label} (limit {limit})")
             chosen.append((name, module, min(self.rank, limit)))
+        if lazy:
+            raise ValueError(
+                f"model: {lazy} are lazy layers whose shapes are not known yet (in_features/in_channels is "
+                "inferred on the first call); run the model once on an input of the right shape before "
+                "wrapping it, or exclude=[...] those layers"
+            )
         if too_small:
             raise ValueError(
                 f"rank={self.rank}: larger than these layers allow: {', '.join(too_small)}; use a smaller "
@@ -173,20 +196,26 @@ class SubjectConditioned(nn.Module):
             for child_name, child in parent._modules.items():
                 if child is not None:
                     places.setdefault(id(child), []).append((parent, child_name))
+        # Build every wrapper first and swap only when all were built: a failure half-way leaves the
+        # user's model exactly as it was.
+        layers = [
+            (name, module, SubjectLayer(module, n_subjects, rank, self.alpha, self._state, name=name, path=path))
+            for name, module, rank in chosen
+        ]
         self._wrapped: dict[str, WrappedLayer] = {}
         root = model
-        for name, module, rank in chosen:
-            layer = SubjectLayer(module, n_subjects, rank, self.alpha, self._state, name=name, path=path)
+        for name, module, layer in layers:
             if not name:
                 root = layer
             for parent, child_name in places.get(id(module), []):
                 setattr(parent, child_name, layer)
             self._wrapped[name] = WrappedLayer(
-                name, plain_class(module).__name__, rank, rank_limit(module), layer.A[0].numel() + layer.B[0].numel()
+                name, plain_class(module).__name__, layer.rank, rank_limit(module),
+                layer.A[0].numel() + layer.B[0].numel(),
             )
         return root
 
-    def _skip_reason(self, name: str, module: nn.Module) -> str:
+    def _skip_reason(self, name: str, module: nn.Module, lazy: bool = False) -> str:
         if isinstance(module, _UNSUPPORTED):
             return f"{type(module).__name__} is not supported (Linear, Conv1d and Conv2d are)"
         plain = plain_class(module)
@@ -194,6 +223,18 @@ class SubjectConditioned(nn.Module):
             return (
                 f"{plain.__name__} overrides forward(); the adapter computes with the weight directly and "
                 "could not reproduce it (use a torch.nn.utils.parametrize constraint instead)"
+            )
+        # (an uninitialised lazy layer's own initialisation hook is not the user's: it is reported as lazy)
+        hooks = [kind for kind, registry in (("forward pre-hooks", module._forward_pre_hooks),
+                                             ("forward hooks", module._forward_hooks)) if registry and not lazy]
+        if hooks:
+            found = [type(h).__name__ for registry in (module._forward_pre_hooks, module._forward_hooks)
+                     for h in registry.values()]
+            return (
+                f"has {' and '.join(hooks)} ({', '.join(found)}), e.g. the hook-based torch.nn.utils.weight_norm "
+                "or spectral_norm; the adapter computes with the weight directly and would bypass them (a stale "
+                "weight breaks the next training step): use torch.nn.utils.parametrizations.weight_norm or "
+                "spectral_norm instead, which are kept"
             )
         if self.include is not None and not any(fnmatch.fnmatchcase(name, p) for p in self.include):
             return f"not matched by include={self.include}"
@@ -264,16 +305,41 @@ class SubjectConditioned(nn.Module):
         return torch.tensor(out, dtype=torch.long)
 
     def _check_subjects(self, subjects, batch: int, device: torch.device) -> torch.Tensor:
-        if isinstance(subjects, int):
+        """``subjects`` as a (batch,) long tensor on ``device``: ids, one id, labels or one label."""
+        if isinstance(subjects, str):
             subjects = [subjects] * batch
-        subjects = torch.as_tensor(subjects)
-        if subjects.dtype.is_floating_point or subjects.dtype in (torch.bool, torch.complex64, torch.complex128):
+        elif isinstance(subjects, numbers.Integral) and not isinstance(subjects, bool | np.bool_):
+            subjects = [int(subjects)] * batch  # Python and numpy integers alike
+        if not isinstance(subjects, torch.Tensor):
+            values = np.asarray(subjects) if not isinstance(subjects, np.ndarray) else subjects
+            if values.size == 0:
+                subjects = torch.zeros(values.shape, dtype=torch.long)
+            elif values.dtype.kind in "UO" and all(isinstance(v, str) for v in values.ravel()):
+                unknown = sorted({v for v in values.ravel().tolist() if v not in self.labels})
+                if unknown:
+                    raise ValueError(
+                        f"subjects: labels {unknown[:8]} are not registered; registered: {self.labels[:12]}"
+                        f"{' ...' if len(self.labels) > 12 else ''}"
+                    )
+                subjects = self.subject_ids(values.ravel().tolist()).reshape(values.shape)
+            elif values.dtype.kind not in "iu":
+                raise TypeError(
+                    f"subjects: {type(subjects).__name__} of dtype {values.dtype}; expected integer subject ids "
+                    "or registered labels (str)"
+                )
+            else:
+                subjects = torch.as_tensor(values)
+        if subjects.dtype.is_floating_point or subjects.dtype.is_complex or subjects.dtype == torch.bool:
             raise TypeError(f"subjects: dtype {subjects.dtype}; expected integer subject ids")
-        if subjects.dim() != 1 or subjects.shape[0] != batch:
+        if not torch.jit.is_tracing() and (subjects.dim() != 1 or subjects.shape[0] != batch):
             raise ValueError(
                 f"subjects: shape {tuple(subjects.shape)}; expected one id per sample, ({batch},)"
             )
-        if batch and (int(subjects.min()) < UNKNOWN_SUBJECT or int(subjects.max()) >= self.n_subjects):
+        # The range check reads the ids on the host, which tracing and compiling must not do; there an id
+        # out of range fails in the adapters' gather instead.
+        if not staged() and batch and (
+            int(subjects.min()) < UNKNOWN_SUBJECT or int(subjects.max()) >= self.n_subjects
+        ):
             bad = subjects[(subjects < UNKNOWN_SUBJECT) | (subjects >= self.n_subjects)][0]
             raise ValueError(
                 f"subjects: id {int(bad)} out of range; expected 0..{self.n_subjects - 1} or "
@@ -283,13 +349,20 @@ class SubjectConditioned(nn.Module):
 
     # --- computing ----------------------------------------------------------------------------------
 
-    def forward(self, x: torch.Tensor, subjects: torch.Tensor | Sequence[int] | int) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, subjects: torch.Tensor | np.ndarray | Sequence[int] | Sequence[str] | int | str
+    ) -> torch.Tensor:
         """Run the model on ``x`` with subject ``subjects[n]`` for sample ``n``.
 
         Args:
-            x: the model's input; its first dimension is the batch.
-            subjects: one id per sample (or one int for the whole batch); :data:`UNKNOWN_SUBJECT` for
-                the shared weights alone.
+            x: the model's input; its first dimension is the batch (it may be empty).
+            subjects: one id per sample (a tensor, numpy array or list of ints), one int for the whole
+                batch, or registered labels (one per sample, or one for the whole batch);
+                :data:`UNKNOWN_SUBJECT` for the shared weights alone.
+
+        Raises:
+            TypeError: ``x`` is not a tensor; ``subjects`` are neither integers nor labels.
+            ValueError: the wrong number of ids, an id out of range, or a label that is not registered.
         """
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"x: {type(x).__name__}; expected a torch.Tensor")
@@ -390,6 +463,58 @@ class SubjectConditioned(nn.Module):
         return clone
 
     # --- save / load --------------------------------------------------------------------------------
+
+    def base_key(self, key: str) -> str | None:
+        """The name of state-dict entry ``key`` in the unwrapped model (None for an adapter's ``A``/``B``)."""
+        if not key.startswith("model."):
+            return None
+        key = key.removeprefix("model.")
+        for name, _ in self.subject_layers():
+            prefix = f"{name}." if name else ""
+            if key in (f"{prefix}A", f"{prefix}B"):
+                return None
+            if key.startswith(f"{prefix}base."):
+                return prefix + key.removeprefix(f"{prefix}base.")
+        return key
+
+    def load_base_state_dict(self, state_dict: Mapping[str, torch.Tensor], strict: bool = True):
+        """Load a checkpoint of the unwrapped model (its own ``state_dict()`` names) into the shared weights.
+
+        The adapters are left as they are. Names are those of the model before wrapping (a wrapped layer
+        ``features.0`` keeps ``features.0.weight``, also for parametrised weights:
+        ``features.0.parametrizations.weight.original``).
+
+        Returns:
+            ``(missing_keys, unexpected_keys)`` in the unwrapped model's names (empty with ``strict=True``).
+
+        Raises:
+            TypeError: ``state_dict`` is not a mapping.
+            ValueError: with ``strict=True``, names missing from or unknown to the unwrapped model, or a
+                tensor of the wrong shape.
+        """
+        if not isinstance(state_dict, Mapping):
+            raise TypeError(f"state_dict: {type(state_dict).__name__}; expected a mapping of names to tensors")
+        own = {}
+        for key in self.state_dict():
+            plain = self.base_key(key)
+            if plain is not None:
+                own[plain] = key
+        missing = sorted(set(own) - set(state_dict))
+        unexpected = sorted(set(state_dict) - set(own))
+        if strict and (missing or unexpected):
+            raise ValueError(
+                f"state_dict: does not match the unwrapped model: missing {missing[:8]}"
+                f"{' ...' if len(missing) > 8 else ''}, unexpected {unexpected[:8]}"
+                f"{' ...' if len(unexpected) > 8 else ''}"
+            )
+        renamed = {own[k]: v for k, v in state_dict.items() if k in own}
+        current = self.state_dict()
+        wrong = [f"{k} {tuple(v.shape)} (expected {tuple(current[own[k]].shape)})" for k, v in state_dict.items()
+                 if k in own and tuple(v.shape) != tuple(current[own[k]].shape)]
+        if wrong:
+            raise ValueError(f"state_dict: tensors of the wrong shape: {wrong[:8]}")
+        self.load_state_dict(renamed, strict=False)
+        return BaseKeys(missing, unexpected)
 
     def config(self) -> dict:
         """What ``load`` needs to wrap a fresh copy of the model the same way (JSON-serialisable)."""

@@ -28,7 +28,9 @@ Mixed-subject batches run without a Python loop over subjects, in one of two way
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from typing import Literal
 
 import torch
@@ -69,11 +71,23 @@ class SubjectState:
         self.single: int | None = None  # the one subject id of the batch, where all ids are equal
 
     def set(self, subjects: torch.Tensor | None) -> None:
-        """Set the batch's subject ids (None clears them)."""
+        """Set the batch's subject ids (None clears them).
+
+        Whether every id is the same needs the ids' values on the host, so under ``torch.compile`` and
+        ``torch.jit.trace`` the batch always takes the general (mixed-subject) path, which holds for any ids:
+        nothing is specialised to the ids seen while tracing.
+        """
         self.subjects = subjects
         self.single = None
-        if subjects is not None and subjects.numel() and bool((subjects == subjects[0]).all()):
+        if subjects is None or staged():
+            return
+        if subjects.numel() and bool((subjects == subjects[0]).all()):
             self.single = int(subjects[0])
+
+
+def staged() -> bool:
+    """Whether the current call is being traced or compiled (no host reads of tensor values allowed)."""
+    return torch.jit.is_tracing() or torch.compiler.is_compiling()
 
 
 class SubjectLayer(nn.Module):
@@ -102,12 +116,10 @@ class SubjectLayer(nn.Module):
         self.name = name
         self.path: Path = path
         self._state = state
-        if isinstance(base, nn.Linear):
-            d_in, d_out = base.in_features, base.out_features
-        else:
-            d_in = base.in_channels // base.groups * math.prod(base.kernel_size)
-            d_out = base.out_channels
-        factory = {"device": _weight(base).device, "dtype": _weight(base).dtype}
+        self.weight_shape = weight_shape(base)
+        d_out, d_in = self.weight_shape[0], math.prod(self.weight_shape[1:])
+        raw = raw_weight(base)  # read without running a parametrisation (spectral norm would iterate)
+        factory = {"device": raw.device, "dtype": raw.dtype}
         self.A = nn.Parameter(torch.empty(n_subjects, rank, d_in, **factory))
         self.B = nn.Parameter(torch.zeros(n_subjects, d_out, rank, **factory))
         self.reset_adapters(range(n_subjects))
@@ -138,16 +150,17 @@ class SubjectLayer(nn.Module):
 
     def delta(self, subject: int) -> torch.Tensor:
         """``(alpha/r) B_s A_s`` in the shape of the base weight; zeros for :data:`UNKNOWN_SUBJECT`."""
-        weight = _weight(self.base)
         if subject == UNKNOWN_SUBJECT:
-            return torch.zeros_like(weight)
-        return (self.scaling * (self.B[subject] @ self.A[subject])).reshape(weight.shape)
+            return self.A.new_zeros(self.weight_shape)
+        return (self.scaling * (self.B[subject] @ self.A[subject])).reshape(self.weight_shape)
 
     def merged_layer(self, subject: int) -> nn.Module:
         """A plain layer of the base layer's class, hyper-parameters and device with ``W + delta(subject)``.
 
         Parametrisations are evaluated (the merged weight is their current value), not carried over:
-        a constraint such as max-norm would otherwise change the merged weight.
+        a constraint such as max-norm would otherwise change the merged weight. They are evaluated as in
+        evaluation mode, so a stateful one (spectral norm's power iteration) is read, never advanced: the
+        wrapped model is left exactly as it was.
         """
         base = self.base
         cls = plain_class(base)
@@ -159,7 +172,8 @@ class SubjectLayer(nn.Module):
                 padding=base.padding, dilation=base.dilation, groups=base.groups,
                 bias=base.bias is not None, padding_mode=base.padding_mode,
             )
-        weight = _weight(base)
+        with evaluation_mode(base):
+            weight = _weight(base)
         layer.to(device=weight.device, dtype=weight.dtype)
         with torch.no_grad():
             layer.weight.copy_(weight + self.delta(subject))
@@ -178,41 +192,46 @@ class SubjectLayer(nn.Module):
                 f"subject-conditioned layer {self.name!r} was called without subject ids: call the "
                 "SubjectConditioned wrapper, model(x, subjects), not the inner model"
             )
-        if x.dim() < 2 or x.shape[0] != subjects.shape[0]:
+        tracing = torch.jit.is_tracing()  # sizes are traced values: no Python decision may depend on them
+        if not tracing and (x.dim() < 2 or x.shape[0] != subjects.shape[0]):
             raise RuntimeError(
                 f"layer {self.name!r} received input of shape {tuple(x.shape)} for {subjects.shape[0]} "
                 "subject ids: subject-conditioned layers need the batch in the first dimension"
             )
-        if self._state.single == UNKNOWN_SUBJECT:
-            return self.base(x)
+        # The weight is read once per call: a parametrisation runs once, as in the base layer's own forward
+        # (spectral norm's power iteration advances one step per training forward, not one per read).
+        weight = _weight(self.base)
+        if (not tracing and x.shape[0] == 0) or self._state.single == UNKNOWN_SUBJECT:
+            return self._with_weight(x, weight)
         if self._state.single is not None:
             # One subject for the whole batch: one merged weight, the base layer's own kernel.
-            return self._apply(x, _weight(self.base) + self.delta(self._state.single))
+            return self._with_weight(x, weight + self.delta(self._state.single))
         known = subjects != UNKNOWN_SUBJECT
         scale = self.scaling * known.to(x.dtype)
         index = subjects.clamp(min=0)
         A, B = self.A[index], self.B[index]  # (N, r, d_in), (N, d_out, r)
         if isinstance(self.base, nn.Linear):
-            return self._linear_mixed(x, A, B, scale)
+            return self._linear_mixed(x, weight, A, B, scale)
         path = self.path
-        if path == "auto":
-            path = "merged" if _weight(self.base).numel() <= x[0].numel() else "factored"
+        if path == "auto":  # both paths compute the same; factored's memory does not grow with the weight
+            path = "factored" if tracing or math.prod(self.weight_shape) > x[0].numel() else "merged"
         if path == "merged":
-            return self._conv_merged(x, A, B, scale)
-        return self._conv_factored(x, A, B, scale)
+            return self._conv_merged(x, weight, A, B, scale)
+        return self._conv_factored(x, weight, A, B, scale)
 
-    def _apply(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    def _with_weight(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """The base layer's computation with ``weight`` in place of its own."""
         if isinstance(self.base, nn.Linear):
             return F.linear(x, weight, self.base.bias)
         return self.base._conv_forward(x, weight, self.base.bias)
 
-    def _linear_mixed(self, x, A, B, scale) -> torch.Tensor:
+    def _linear_mixed(self, x, weight, A, B, scale) -> torch.Tensor:
         # y_n = x_n W^T + b + scale_n (x_n A_n^T) B_n^T, with any number of middle dimensions in x_n.
         n = x.shape[0]
         flat = x.reshape(n, -1, x.shape[-1])
         correction = torch.bmm(torch.bmm(flat, A.transpose(1, 2)), B.transpose(1, 2))
         correction = correction * scale[:, None, None]
-        return self.base(x) + correction.reshape(*x.shape[:-1], correction.shape[-1])
+        return self._with_weight(x, weight) + correction.reshape(*x.shape[:-1], correction.shape[-1])
 
     def _padded(self, x: torch.Tensor) -> tuple[torch.Tensor, object]:
         """The input padded as the base layer pads it, and the padding left for F.conv."""
@@ -221,9 +240,9 @@ class SubjectLayer(nn.Module):
             return F.pad(x, base._reversed_padding_repeated_twice, mode=base.padding_mode), 0
         return x, base.padding
 
-    def _conv_merged(self, x, A, B, scale) -> torch.Tensor:
+    def _conv_merged(self, x, weight, A, B, scale) -> torch.Tensor:
         base = self.base
-        n, weight = x.shape[0], _weight(base)
+        n = x.shape[0]
         # W_n = W + scale_n B_n A_n, then sample n convolved with W_n: one grouped convolution.
         per_sample = weight.unsqueeze(0) + (torch.bmm(B, A) * scale[:, None, None]).reshape(n, *weight.shape)
         x, padding = self._padded(x)
@@ -237,11 +256,11 @@ class SubjectLayer(nn.Module):
             y = y + base.bias.reshape(1, -1, *([1] * (y.dim() - 2)))
         return y
 
-    def _conv_factored(self, x, A, B, scale) -> torch.Tensor:
+    def _conv_factored(self, x, weight, A, B, scale) -> torch.Tensor:
         base = self.base
         n, g, r = x.shape[0], base.groups, self.rank
-        kernel = _weight(base).shape[1:]
-        y = base(x)
+        kernel = self.weight_shape[1:]
+        y = self._with_weight(x, weight)
         # A_n: a convolution to r channels with the base layer's geometry, applied to each group's inputs.
         a = A.reshape(n, 1, r, *kernel).expand(n, g, r, *kernel).reshape(n * g * r, *kernel)
         xp, padding = self._padded(x)
@@ -257,6 +276,38 @@ class SubjectLayer(nn.Module):
 def _weight(layer: nn.Module) -> torch.Tensor:
     """The layer's weight as its forward uses it (the parametrised value, where it is parametrised)."""
     return layer.weight
+
+
+def raw_weight(layer: nn.Module) -> torch.Tensor:
+    """A tensor the layer's weight is stored in: the (first) unconstrained original of a parametrised weight.
+
+    Reading it runs no parametrisation, so it changes nothing (spectral norm's vectors stay as they are);
+    it tells the weight's device and dtype.
+    """
+    if parametrize.is_parametrized(layer, "weight"):
+        originals = layer.parametrizations.weight
+        return originals.original if hasattr(originals, "original") else originals.original0  # weight_norm: g, v
+    return layer.weight
+
+
+def weight_shape(layer: nn.Linear | nn.Conv1d | nn.Conv2d) -> tuple[int, ...]:
+    """The shape of the layer's weight, from its hyper-parameters: ``(out, in)`` or ``(out, in/groups, *kernel)``."""
+    if isinstance(layer, nn.Linear):
+        return (layer.out_features, layer.in_features)
+    return (layer.out_channels, layer.in_channels // layer.groups, *layer.kernel_size)
+
+
+@contextlib.contextmanager
+def evaluation_mode(module: nn.Module) -> Iterator[None]:
+    """``module`` and its sub-modules (parametrisations included) in evaluation mode; flags restored after."""
+    modes = [(m, m.training) for m in module.modules()]
+    try:
+        for m, _ in modes:
+            m.training = False
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training
 
 
 def plain_class(layer: nn.Module) -> type[nn.Module]:

@@ -55,3 +55,35 @@ class TangentSpaceClassifier:
 
     def predict(self, covariances: np.ndarray) -> np.ndarray:
         return self.pipeline.predict(covariances)
+
+
+class FilterBankCovariances:
+    """scikit-learn transformer: trials (epochs or arrays) -> :func:`filter_bank_covariances` (Butterworth bands).
+
+    The same features as MOABB's tangent-space SSVEP pipeline (extended covariances of the trial band-passed
+    around each stimulus frequency), but with 4th-order Butterworth bands of +-1 Hz instead of MNE's FIR
+    filters, whose transition bands (several Hz wide at these frequencies) make MOABB's "1 Hz" bands overlap.
+    """
+
+    def __init__(self, sfreq: float = 256.0, bands=SSVEP_BANDS) -> None:
+        self.sfreq = sfreq
+        self.bands = bands
+
+    def get_params(self, deep: bool = True) -> dict:
+        return {"sfreq": self.sfreq, "bands": self.bands}
+
+    def set_params(self, **params) -> FilterBankCovariances:
+        for key, value in params.items():
+            setattr(self, key, value)
+        return self
+
+    def fit(self, X, y=None) -> FilterBankCovariances:
+        return self
+
+    def transform(self, X) -> np.ndarray:
+        sfreq = X.info["sfreq"] if hasattr(X, "info") else self.sfreq
+        data = X.get_data(copy=False) if hasattr(X, "get_data") else np.asarray(X)
+        return filter_bank_covariances(data, sfreq, self.bands)
+
+    def fit_transform(self, X, y=None) -> np.ndarray:
+        return self.transform(X)

@@ -34,7 +34,8 @@ from structlab.subject.trials import Trials
 TEMPORAL_ONLY = {
     "eegnet": ["features.2", "classifier"],
     "shallow": ["features.1", "classifier"],
-    "eegnex": ["features.4", "classifier"],
+    "eegnex": ["block_3.0", "final_layer"],
+    "pbt": ["final_layer"],
 }
 MAIN_LAYERS = "temporal convs (main)"
 # Other layer sets of EEGNet (structlab.subject.backbones.EEGNet) for the "which layers" study (include=...).
@@ -71,9 +72,11 @@ class Plan:
 
 
 # quick is a smoke test of the whole pipeline (every protocol, method family and table in about a minute
-# on 2 cores), not a measurement: its models train for a few dozen steps. full is the measurement, sized
-# to finish in about an hour in one process on one thread of a shared machine (EEGNet costs ~0.2 s a
-# training step of 64 trials there; ShallowConvNet ~2x, EEGNeX ~8x, which is why full runs EEGNet only).
+# on 2 cores), not a measurement: its models train for a few dozen steps. full is the measurement: the
+# pooled protocol (the paper's) with the paper's two backbones, EEGNeX and the patched transformer (PBT),
+# beside EEGNet; LOSO, calibration and the sweeps with EEGNet. A training step of 64 subject-conditioned
+# trials costs 0.16 s of CPU for EEGNet, 1.37 s for EEGNeX and 0.86 s for the PBT (one thread), so the
+# EEGNeX and PBT pooled jobs add about 2-2.5 h to EEGNet's ~35 min on one core (see docs/subject.md).
 PLANS = {
     "quick": Plan(
         seeds=[0],
@@ -91,7 +94,7 @@ PLANS = {
     ),
     "full": Plan(
         seeds=[0, 1, 2],
-        backbones=["eegnet"],
+        backbones=["eegnet", "eegnex", "pbt"],
         train=TrainConfig(steps=250),
         per_subject_steps=60,
         loso_subjects=6,  # the fewest with which a two-sided Wilcoxon test over subjects can reach p < 0.05
@@ -698,3 +701,7 @@ def _config_for_synthetic(plan: SyntheticPlan) -> EvalConfig:
     # (depthwise) convolution that can undo it, besides the temporal convolutions of the main runs.
     return EvalConfig(train=plan.train, per_subject_steps=plan.per_subject_steps,
                       include=EEGNET_LAYERS["temporal + spatial convs"], exclude=[])
+
+
+# The MOABB study registers itself on import (it needs moabb only when it runs).
+from structlab.subject import moabb_study  # noqa: E402, F401
