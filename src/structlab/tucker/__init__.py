@@ -6,7 +6,9 @@ and a KV cache for incremental decoding): :class:`MultiHeadAttention`, :class:`G
 
 Analysis and conversion: :func:`attention_tensors`, :func:`tucker_ranks`, :func:`mode_spectra`,
 :func:`to_tucker`, :func:`compress` (with :func:`hosvd`, :func:`hooi`), :func:`attention_parameters`,
-:func:`kv_cache_bytes`. Loading: :func:`from_torch_mha`, :func:`minilm_state_dict`, :func:`bert_attention`.
+:func:`kv_cache_bytes`, :func:`compress_rotary` (RoPE layers). Loading: :func:`from_torch_mha`,
+:func:`minilm_state_dict`, :func:`bert_attention`. Hugging Face models: :func:`convert_hf` (Llama, Mistral,
+Qwen2, SmolLM2 in place; ``transformers`` is imported only when it runs).
 """
 
 from structlab.tucker.cache import KVCache
@@ -19,6 +21,7 @@ from structlab.tucker.decomposition import (
     relative_errors,
     to_tucker,
 )
+from structlab.tucker.hf import convert_hf
 from structlab.tucker.mha import GroupedQueryAttention, MultiHeadAttention
 from structlab.tucker.mla import MultiHeadLatentAttention
 from structlab.tucker.pretrained import (
@@ -29,6 +32,7 @@ from structlab.tucker.pretrained import (
     minilm_state_dict,
 )
 from structlab.tucker.rope import apply_rotary, rotary_frequencies
+from structlab.tucker.rotary_compress import compress_rotary
 from structlab.tucker.tensors import (
     attention_tensors,
     energy,
@@ -52,6 +56,8 @@ __all__ = [
     "attention_tensors",
     "bert_attention",
     "compress",
+    "compress_rotary",
+    "convert_hf",
     "energy",
     "from_torch_mha",
     "hooi",

@@ -23,23 +23,29 @@ from structlab.tucker.cache import KVCache
 _WITHOUT_CUDNN = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
-def attend(q: Tensor, k: Tensor, v: Tensor, *, causal: bool, past: int, scale: float, dropout: float) -> Tensor:
+def attend(
+    q: Tensor, k: Tensor, v: Tensor, *, causal: bool, past: int, scale: float, dropout: float,
+    mask: Tensor | None = None,
+) -> Tensor:
     """Scaled dot-product attention of ``q`` (B, H, N, D) over ``k`` (B, H_kv, T, D), ``v`` (B, H_kv, T, Dv).
 
     ``T = past + N``: the first ``past`` keys are cached positions, so query ``n`` sits at position
     ``past + n`` and, when ``causal``, sees keys ``0 .. past + n``. Query head ``i`` uses key/value head
-    ``i // (H / H_kv)``. Returns (B, H, N, Dv).
+    ``i // (H / H_kv)``. ``mask`` (bool, broadcastable to (B, 1, N, T), from :func:`attention_mask`) further
+    limits what each query sees (True: may attend). Returns (B, H, N, Dv).
     """
     with sdpa_kernel(_WITHOUT_CUDNN) if past > 0 and q.device.type == "cuda" else contextlib.nullcontext():
-        return _attend(q, k, v, causal=causal, past=past, scale=scale, dropout=dropout)
+        return _attend(q, k, v, causal=causal, past=past, scale=scale, dropout=dropout, mask=mask)
 
 
-def _attend(q: Tensor, k: Tensor, v: Tensor, *, causal: bool, past: int, scale: float, dropout: float) -> Tensor:
+def _attend(
+    q: Tensor, k: Tensor, v: Tensor, *, causal: bool, past: int, scale: float, dropout: float, mask: Tensor | None
+) -> Tensor:
     batch, n_heads, seq, dim = q.shape
     n_kv = k.shape[1]
     group = n_heads // n_kv
     needs_mask = causal and seq > 1
-    if group > 1 and not needs_mask:
+    if group > 1 and not needs_mask and mask is None:
         # Without a mask every query of a group reads the same keys: stack the group's heads along the
         # query axis and attend once per key/value head (one matrix product instead of `group`).
         out = F.scaled_dot_product_attention(
@@ -53,14 +59,49 @@ def _attend(q: Tensor, k: Tensor, v: Tensor, *, causal: bool, past: int, scale: 
         # fused kernel (a stride-0 view, no copy, for the single latent head of MLA and Tucker).
         k, v = _broadcast_heads(k, group), _broadcast_heads(v, group)
         group = 1
-    mask = None
-    if needs_mask and past > 0:
+    causal_mask = None
+    if needs_mask and (past > 0 or mask is not None):
         # Bottom-right aligned causal mask (is_causal aligns top-left, which is wrong after a cache).
         rows = torch.arange(past, past + seq, device=q.device)[:, None]
-        mask = torch.arange(past + seq, device=q.device)[None, :] <= rows
+        causal_mask = torch.arange(past + seq, device=q.device)[None, :] <= rows
+    if mask is not None:
+        mask = mask if causal_mask is None else mask & causal_mask
+        # A query that may see no key at all (a padding position before the first real token) would get
+        # NaN from the softmax; let it see every key instead: its output is never used.
+        mask = mask | ~mask.any(dim=-1, keepdim=True)
+    else:
+        mask = causal_mask
     return F.scaled_dot_product_attention(
-        q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=needs_mask and past == 0,
+        q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=needs_mask and mask is None,
         scale=scale, enable_gqa=group > 1,
+    )
+
+
+def attention_mask(mask: Tensor | None, batch: int, seq: int, past: int) -> Tensor | None:
+    """``mask`` as a bool tensor of shape (B, 1, N, T) that :func:`attend` takes (True: may attend), or None.
+
+    Accepted forms: a padding mask (B, T) over all ``T = past + N`` positions (cached ones first), in
+    which True (or 1) marks real tokens and False (0) padding, as Hugging Face's ``attention_mask``; or a
+    full mask (B, 1 | H, N, T) of which queries may see which keys. Causality is added by the layer.
+    Raises ``TypeError`` for a mask that is not a bool or integer tensor and ``ValueError`` for a shape
+    that fits neither form.
+    """
+    if mask is None:
+        return None
+    if not isinstance(mask, Tensor) or mask.is_floating_point() or mask.is_complex():
+        got = f"a tensor of {mask.dtype}" if isinstance(mask, Tensor) else type(mask).__name__
+        raise TypeError(
+            "mask: expected a bool (or 0/1 integer) torch.Tensor of shape (batch, past + seq) or "
+            f"(batch, 1, seq, past + seq); got {got}"
+        )
+    total = past + seq
+    if mask.dim() == 2 and tuple(mask.shape) == (batch, total):
+        return mask.bool()[:, None, None, :]
+    if mask.dim() == 4 and mask.shape[0] in (1, batch) and tuple(mask.shape[2:]) == (seq, total):
+        return mask.bool()
+    raise ValueError(
+        f"mask has shape {tuple(mask.shape)}: expected (batch, past + seq) = ({batch}, {total}) or "
+        f"(batch, 1 or heads, seq, past + seq) = ({batch}, 1, {seq}, {total})"
     )
 
 

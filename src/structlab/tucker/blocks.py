@@ -143,8 +143,8 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(d_model, bias=bias)
         self.mlp = MLP(d_model, bias, dropout)
 
-    def forward(self, x: torch.Tensor, cache: Any = None) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), cache=cache)
+    def forward(self, x: torch.Tensor, cache: Any = None, mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), cache=cache, mask=mask)
         return x + self.mlp(self.ln_2(x))
 
 

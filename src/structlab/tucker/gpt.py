@@ -69,25 +69,41 @@ class GPT(nn.Module):
             nn.init.normal_(block.mlp.proj.weight, std=residual_std)
             init_attention(block.attn, std=0.02, out_std=residual_std)
 
-    def forward(self, idx: torch.Tensor, caches: list[Any] | None = None) -> torch.Tensor:
+    def forward(
+        self, idx: torch.Tensor, caches: list[Any] | None = None, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Logits (batch, seq, vocab) for token ids ``idx`` (batch, seq).
 
         With ``caches`` (one per block, from :meth:`new_caches`) the tokens continue the cached
         sequence: each layer appends its keys/values and attends to everything cached so far.
+        ``attention_mask`` (batch, cached + seq), 1 for real tokens and 0 for padding (as in Hugging Face):
+        no position attends to padding, and learned positions count real tokens only, so a left-padded
+        row gives the logits it gives alone (RoPE needs no shift: its scores depend on position
+        differences). Raises ``ValueError`` for a mask of another shape.
         """
         if idx.dim() != 2:
             raise ValueError(f"idx: shape {tuple(idx.shape)}; expected (batch, seq)")
         past = caches[0].length if caches else 0
-        if self.wpe is not None and past + idx.shape[1] > self.config.block_size:
+        batch, seq = idx.shape
+        if attention_mask is not None and tuple(attention_mask.shape) != (batch, past + seq):
             raise ValueError(
-                f"idx: position {past + idx.shape[1]} exceeds block_size={self.config.block_size} (learned positions)"
+                f"attention_mask has shape {tuple(attention_mask.shape)}: expected (batch, cached + seq) = "
+                f"({batch}, {past + seq})"
+            )
+        if self.wpe is not None and past + seq > self.config.block_size:
+            raise ValueError(
+                f"idx: position {past + seq} exceeds block_size={self.config.block_size} (learned positions)"
             )
         x = self.wte(idx)
         if self.wpe is not None:
-            x = x + self.wpe(torch.arange(past, past + idx.shape[1], device=idx.device))
+            if attention_mask is None:
+                positions = torch.arange(past, past + seq, device=idx.device)
+            else:  # the position of a token is the number of real tokens before it
+                positions = (attention_mask.long().cumsum(dim=1) - 1).clamp_min(0)[:, past:]
+            x = x + self.wpe(positions)
         x = self.drop(x)
         for i, block in enumerate(self.blocks):
-            x = block(x, cache=caches[i] if caches else None)
+            x = block(x, cache=caches[i] if caches else None, mask=attention_mask)
         return self.lm_head(self.ln_f(x))
 
     def new_caches(self) -> list[Any]:
@@ -103,12 +119,15 @@ class GPT(nn.Module):
         top_k: int | None = None,
         generator: torch.Generator | None = None,
         use_cache: bool = True,
+        attention_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Continue ``idx`` (batch, seq) by ``max_new_tokens`` sampled tokens; returns (batch, seq + new).
 
         ``temperature=0`` decodes greedily. With ``use_cache`` each new token costs one step through the
         KV caches while the sequence fits in ``block_size``; beyond it, like nanoGPT, the last
-        ``block_size`` tokens are recomputed at every step.
+        ``block_size`` tokens are recomputed at every step. Prompts of different lengths go in one batch
+        left-padded, with ``attention_mask`` (batch, seq) 0 on the padding: each row then continues as it
+        would alone.
         """
         if max_new_tokens < 0:
             raise ValueError(f"max_new_tokens={max_new_tokens}: expected >= 0")
@@ -116,18 +135,25 @@ class GPT(nn.Module):
             raise ValueError(f"temperature={temperature}: expected >= 0")
         if top_k is not None and top_k < 1:
             raise ValueError(f"top_k={top_k}: expected >= 1 or None")
+        if attention_mask is not None and attention_mask.shape != idx.shape:
+            raise ValueError(
+                f"attention_mask has shape {tuple(attention_mask.shape)}: expected the shape of idx {tuple(idx.shape)}"
+            )
         was_training = self.training
         self.eval()
         caches = self.new_caches() if use_cache and idx.shape[1] <= self.config.block_size else None
         step_input = idx
         for _ in range(max_new_tokens):
             if caches is not None and idx.shape[1] <= self.config.block_size:
-                logits = self(step_input, caches)[:, -1]
+                logits = self(step_input, caches, attention_mask=attention_mask)[:, -1]
             else:
                 caches = None
-                logits = self(idx[:, -self.config.block_size :])[:, -1]
+                window = attention_mask[:, -self.config.block_size :] if attention_mask is not None else None
+                logits = self(idx[:, -self.config.block_size :], attention_mask=window)[:, -1]
             next_id = sample_next(logits, temperature, top_k, generator)
             idx = torch.cat([idx, next_id], dim=1)
+            if attention_mask is not None:
+                attention_mask = torch.cat([attention_mask, attention_mask.new_ones(idx.shape[0], 1)], dim=1)
             step_input = next_id
         self.train(was_training)
         return idx

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from structlab.tucker.attention import attend, check_input, check_options, head_dim, positive_int
+from structlab.tucker.attention import attend, attention_mask, check_input, check_options, head_dim, positive_int
 from structlab.tucker.cache import KVCache
-from structlab.tucker.rope import rotary_angles, rotary_frequencies, rotate
+from structlab.tucker.rope import Rotary, rotary_frequencies, rotary_table, rotate
 
 
 class GroupedQueryAttention(nn.Module):
@@ -28,9 +28,12 @@ class GroupedQueryAttention(nn.Module):
         dropout: dropout probability on the attention weights and on the output (training only).
         rope_base: RoPE's base.
 
-    ``forward(x, cache=None)``: x (batch, seq, d) -> (batch, seq, d). With a cache from ``new_cache()``
-    the layer appends its keys and values (each (batch, n_KV, seq, d_H)) and attends over all cached
-    positions; RoPE positions continue from ``cache.length``.
+    ``forward(x, cache=None, mask=None, rotary=None)``: x (batch, seq, d) -> (batch, seq, d). With a cache
+    from ``new_cache()`` the layer appends its keys and values (each (batch, n_KV, seq, d_H)) and attends
+    over all cached positions; RoPE positions continue from ``cache.length``. ``mask``: a padding mask
+    (batch, cached + seq) or a full mask (batch, 1, seq, cached + seq), True where attention is allowed
+    (see :func:`~structlab.tucker.attention.attention_mask`). ``rotary``: (cos, sin) of shape
+    ([batch,] seq, d_H / 2) to use instead of the layer's own RoPE angles (a host model's table).
     """
 
     def __init__(
@@ -72,20 +75,23 @@ class GroupedQueryAttention(nn.Module):
         """(heads, dim) of each cached tensor."""
         return {"k": (self.n_kv_heads, self.head_dim), "v": (self.n_kv_heads, self.head_dim)}
 
-    def forward(self, x: Tensor, cache: KVCache | None = None) -> Tensor:
+    def forward(
+        self, x: Tensor, cache: KVCache | None = None, mask: Tensor | None = None, rotary: Rotary | None = None
+    ) -> Tensor:
         past = check_input(x, self.d_model, cache, self.cache_shapes)
         batch, seq, _ = x.shape
+        mask = attention_mask(mask, batch, seq, past)
         q = self.q_proj(x).view(batch, seq, self.n_heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(batch, seq, self.n_kv_heads, self.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(batch, seq, self.n_kv_heads, self.head_dim).transpose(1, 2)
         if self.rope:
-            angles = rotary_angles(self.rope_frequencies, past, seq, q)
+            angles = rotary_table(rotary, self.rope_frequencies, past, seq, q)
             q, k = rotate(q, *angles), rotate(k, *angles)
         if cache is not None:
             k, v = cache.append(k=k, v=v).values()
         y = attend(
             q, k, v, causal=self.causal, past=past, scale=self.head_dim**-0.5,
-            dropout=self.dropout if self.training else 0.0,
+            dropout=self.dropout if self.training else 0.0, mask=mask,
         )
         return self.resid_dropout(self.o_proj(y.transpose(1, 2).reshape(batch, seq, self.d_model)))
 

@@ -33,9 +33,9 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from structlab.tucker.attention import attend, check_input, check_options, head_dim, positive_int
+from structlab.tucker.attention import attend, attention_mask, check_input, check_options, head_dim, positive_int
 from structlab.tucker.cache import KVCache
-from structlab.tucker.rope import apply_rotary, rotary_angles, rotary_frequencies, rotate
+from structlab.tucker.rope import Rotary, apply_rotary, rotary_frequencies, rotary_table, rotate
 
 RopeMode = Literal["latent", "decoupled"]
 
@@ -53,8 +53,11 @@ class MultiHeadLatentAttention(nn.Module):
             (DeepSeek's separate rotary dimensions).
         rope_head_dim: d_R for decoupled RoPE (even; default d_H / 2, rounded up to even).
 
-    ``forward(x, cache=None)``: x (batch, seq, d) -> (batch, seq, d); the cache holds ``c_kv``
-    (batch, 1, N, d_c) and, with decoupled RoPE, ``k_rope`` (batch, 1, N, d_R).
+    ``forward(x, cache=None, mask=None, rotary=None)``: x (batch, seq, d) -> (batch, seq, d); the cache
+    holds ``c_kv`` (batch, 1, N, d_c) and, with decoupled RoPE, ``k_rope`` (batch, 1, N, d_R). ``mask`` as
+    in :class:`~structlab.tucker.GroupedQueryAttention`; ``rotary``: (cos, sin) of shape ([batch,] seq,
+    d_R / 2) replacing the decoupled RoPE's own angles (not available with latent RoPE, which rotates
+    the cached latent again at every step).
     """
 
     def __init__(
@@ -158,9 +161,14 @@ class MultiHeadLatentAttention(nn.Module):
             return w
         return torch.einsum("qd,hqk->hdk", self.q_down.weight, w)
 
-    def forward(self, x: Tensor, cache: KVCache | None = None) -> Tensor:
+    def forward(
+        self, x: Tensor, cache: KVCache | None = None, mask: Tensor | None = None, rotary: Rotary | None = None
+    ) -> Tensor:
         past = check_input(x, self.d_model, cache, self.cache_shapes)
         batch, seq, _ = x.shape
+        mask = attention_mask(mask, batch, seq, past)
+        if rotary is not None and not self.decoupled:
+            raise ValueError("rotary: a caller's RoPE table needs rope=True with rope_mode='decoupled'")
         c_q = self._query_latent(x)
         q_heads = self._up_query()(c_q).view(batch, seq, self.n_heads, self.head_dim)
         w_uk = self.k_up.weight.view(self.n_heads, self.head_dim, self.kv_latent)
@@ -169,7 +177,7 @@ class MultiHeadLatentAttention(nn.Module):
         if self.decoupled:
             q_r = self.q_rope(c_q).view(batch, seq, self.n_heads, self.rope_head_dim).transpose(1, 2)
             k_r = self.k_rope(x).unsqueeze(1)
-            angles = rotary_angles(self.rope_frequencies, past, seq, q_r)
+            angles = rotary_table(rotary, self.rope_frequencies, past, seq, q_r)
             q = torch.cat((q, rotate(q_r, *angles)), dim=-1)
             k_r = rotate(k_r, *angles)
             if cache is not None:
@@ -184,7 +192,7 @@ class MultiHeadLatentAttention(nn.Module):
                 k = apply_rotary(c_kv, self.rope_frequencies, 0)
         y = attend(
             q, k, c_kv, causal=self.causal, past=past, scale=self.scale,
-            dropout=self.dropout if self.training else 0.0,
+            dropout=self.dropout if self.training else 0.0, mask=mask,
         )  # A_i c_KV: (B, n_H, N, d_c)
         w_uv = self.v_up.weight.view(self.n_heads, self.head_dim, self.kv_latent)
         heads = torch.einsum("bhnk,hek->bnhe", y, w_uv).reshape(batch, seq, -1)

@@ -92,3 +92,32 @@ class RotaryTurns:
 def rotate_pairs(x: Tensor, turn: Tensor) -> Tensor:
     """``x`` (..., dim) with its pairs rotated (and scaled) by ``turn`` (dim/2,) complex: one multiplication."""
     return torch.view_as_real(torch.view_as_complex(x.unflatten(-1, (-1, 2))) * turn).flatten(-2)
+
+
+Rotary = tuple[Tensor, Tensor]
+
+
+def rotary_table(rotary: Rotary | None, frequencies: Tensor, offset: int, seq: int, like: Tensor) -> Rotary:
+    """cos and sin for rotating ``like`` (B, H, seq, 2 P): the caller's ``rotary`` table, or the layer's own.
+
+    ``rotary`` is None (angles ``position * frequencies`` at positions ``offset ..``) or a pair (cos, sin),
+    each of shape (seq, P) or (B, seq, P): angles chosen by the caller per batch row and pair, such as
+    a host model's rotary table (a Hugging Face model passes each row its own positions, and some RoPE
+    variants scale cos and sin). Raises ``ValueError`` for a table of another shape.
+    """
+    if rotary is None:
+        return rotary_angles(frequencies, offset, seq, like)
+    if not isinstance(rotary, (tuple, list)) or len(rotary) != 2 or not all(isinstance(t, Tensor) for t in rotary):
+        raise TypeError(f"rotary: expected a pair of tensors (cos, sin); got {type(rotary).__name__}")
+    pairs = frequencies.shape[0]
+    cos, sin = rotary
+    for name, t in (("cos", cos), ("sin", sin)):
+        batch_ok = t.dim() == 2 or t.shape[0] in (1, like.shape[0])
+        if t.dim() not in (2, 3) or tuple(t.shape[-2:]) != (seq, pairs) or not batch_ok:
+            raise ValueError(
+                f"rotary {name} has shape {tuple(t.shape)}: expected ({seq}, {pairs}) or (batch, {seq}, {pairs}) "
+                "(one angle per position and rotated pair)"
+            )
+    if cos.dim() == 3:  # (B, seq, P) -> (B, 1, seq, P): the same angles for every head
+        cos, sin = cos[:, None], sin[:, None]
+    return cos.to(like.dtype), sin.to(like.dtype)

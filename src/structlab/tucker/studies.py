@@ -48,11 +48,13 @@ FULL_RANK_COSINE = 0.99999
 
 # Modules that only analyse and present stored runs: editing them keeps the runs (see run_salt).
 PRESENTATION = ("studies.py", "figures.py", "pareto.py", "cli.py", "rank_selection.py", "sweep.py")
+# Modules of the pretrained-LLM study only: no stored training run depends on them.
+LLM_ONLY = ("hf.py", "rotary_compress.py", "transmla.py", "llm.py", "recovery.py", "smollm_study.py")
 
 
 def run_salt(scale: str) -> str:
     """What a stored run must have been made with: the scale and the code that trains it."""
-    return f"{scale}-{code_fingerprint(Path(__file__).parent, exclude=PRESENTATION)}"
+    return f"{scale}-{code_fingerprint(Path(__file__).parent, exclude=PRESENTATION + LLM_ONLY)}"
 
 
 def _gpu_share(device: str, workers: int) -> float:
@@ -744,3 +746,7 @@ def _distill(student: torch.nn.Module, teacher: torch.nn.Module, plan: MiniLMPla
     ctx.log(f"fine-tuned {plan.finetune.steps} steps on {len(train)} WordPiece tokens of {len(train_names)} plays")
     return {"val_cosine_before": before, "val_cosine_after": result.final["val_cosine"], "seconds": result.seconds,
             "train_plays": train_names, "train_tokens": len(train), "history": result.history}
+
+
+# The SmolLM2 study lives in its own module; importing it registers ``tucker/smollm``.
+from structlab.tucker import smollm_study  # noqa: E402, F401

@@ -23,7 +23,6 @@ from torch import Tensor, nn
 
 from structlab.tucker.mha import GroupedQueryAttention
 from structlab.tucker.mla import MultiHeadLatentAttention
-from structlab.tucker.rope import rotary_frequencies
 from structlab.tucker.tucker import TuckerAttention
 
 AttentionLayer = GroupedQueryAttention | MultiHeadLatentAttention | TuckerAttention
@@ -134,7 +133,8 @@ def _gqa_form(m: GroupedQueryAttention) -> LatentForm:
         query_bias = w_q.new_zeros(n_h, n_kv, d_h)
         query_bias[heads, heads // group] = m.q_proj.bias.detach().view(n_h, d_h)
         query_bias = query_bias.reshape(n_h, n_kv * d_h)
-    frequencies = rotary_frequencies(d_h, m.rope_base).repeat(n_kv) if m.rope else None
+    # The layer's own frequencies (rotary_frequencies(d_H, rope_base), or a converted model's scaled ones).
+    frequencies = m.rope_frequencies.double().cpu().repeat(n_kv) if m.rope else None
     return LatentForm(
         U_q=eye, B=B.reshape(n_h, d, n_kv * d_h), U_k=m.k_proj.weight.detach().T,
         U_v=m.v_proj.weight.detach().T, C=C_t.reshape(n_h, n_kv * d_h, d).transpose(1, 2), U_o=eye,

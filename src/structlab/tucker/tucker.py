@@ -37,9 +37,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from structlab.tucker.attention import attend, check_input, check_options, head_dim, positive_int
+from structlab.tucker.attention import attend, attention_mask, check_input, check_options, head_dim, positive_int
 from structlab.tucker.cache import KVCache
-from structlab.tucker.rope import RotaryTurns, apply_rotary, rotary_angles, rotary_frequencies, rotate, rotate_pairs
+from structlab.tucker.rope import (
+    Rotary,
+    RotaryTurns,
+    apply_rotary,
+    rotary_frequencies,
+    rotary_table,
+    rotate,
+    rotate_pairs,
+)
 
 Ranks = tuple[int, int, int]
 
@@ -104,8 +112,11 @@ class TuckerAttention(nn.Module):
             ``rotary_frequencies(r3, rope_base)``. :func:`~structlab.tucker.to_tucker` sets it to carry a
             per-head RoPE over exactly.
 
-    ``forward(x, cache=None)``: x (batch, seq, d) -> (batch, seq, d); the cache holds ``k`` and ``v``
-    (batch, 1, N, r3 | v3), or ``kv`` (batch, 1, N, r3, unrotated) with a shared latent.
+    ``forward(x, cache=None, mask=None, rotary=None)``: x (batch, seq, d) -> (batch, seq, d); the cache
+    holds ``k`` and ``v`` (batch, 1, N, r3 | v3), or ``kv`` (batch, 1, N, r3, unrotated) with a shared
+    latent. ``mask`` as in :class:`~structlab.tucker.GroupedQueryAttention`; ``rotary``: (cos, sin) of
+    shape ([batch,] seq, r3 / 2) replacing the latent RoPE's own angles, one per latent pair (not with a
+    shared latent, whose cached keys are rotated again at every step).
 
     Raises ``ValueError`` for a rank larger than its mode, an odd r3 with RoPE, a shared latent with
     v3 != r3, or d not divisible by n_H.
@@ -229,11 +240,17 @@ class TuckerAttention(nn.Module):
         v1, v2, v3 = self.value_ranks
         return self.core_v.transpose(0, 1).reshape(v2, v1 * v3)
 
-    def forward(self, x: Tensor, cache: KVCache | None = None) -> Tensor:
+    def forward(
+        self, x: Tensor, cache: KVCache | None = None, mask: Tensor | None = None, rotary: Rotary | None = None
+    ) -> Tensor:
         past = check_input(x, self.d_model, cache, self.cache_shapes)
         batch, seq, _ = x.shape
-        if seq == 1 and cache is not None and self._decodes_fast(x):
+        # the decode fast path serves the plain case: no mask, the layer's own RoPE
+        if seq == 1 and cache is not None and mask is None and rotary is None and self._decodes_fast(x):
             return self._decode_token(x, cache, past)
+        mask = attention_mask(mask, batch, seq, past)
+        if rotary is not None and (not self.rope or self.shared_latent):
+            raise ValueError("rotary: a caller's RoPE table needs rope=True and separate key and value latents")
         r1, r2, r3 = self.ranks
         v1, v2, v3 = self.value_ranks
         # Q_i = X U_q B_i with B_i = core x_1 U_head[i], evaluated in core coordinates: P = (X U_q) x_2 core,
@@ -249,7 +266,7 @@ class TuckerAttention(nn.Module):
             k = k + self.key_bias
         k = k.unsqueeze(1)  # (B, 1, N, r3)
         if self.rope:
-            angles = rotary_angles(self.rope_frequencies, past, seq, q)
+            angles = rotary_table(rotary, self.rope_frequencies, past, seq, q)
             q = rotate(q, *angles)
         if self.shared_latent:
             if cache is not None:
@@ -268,7 +285,7 @@ class TuckerAttention(nn.Module):
                 k, v = cache.append(k=k, v=v).values()
         y = attend(
             q, k, v, causal=self.causal, past=past, scale=self.head_dim**-0.5,
-            dropout=self.dropout if self.training else 0.0,
+            dropout=self.dropout if self.training else 0.0, mask=mask,
         )  # A_i V: (B, n_H, N, v3)
         # sum_i A_i V C_i^T U_o^T with C_i = core_v x_1 U_head_v[i], in core coordinates as well:
         # Z_a = sum_i U_head_v[i, a] A_i V, then sum_a Z_a core_v[a]^T, then U_o^T.
