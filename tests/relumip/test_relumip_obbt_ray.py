@@ -134,3 +134,50 @@ def test_a_failing_ray_task_stops_the_tightening_with_an_error_naming_its_layer(
 
 def _failing_chunk(layer, rows, mip, time_limit) -> dict:
     raise ValueError("rows failed on purpose")
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+@pytest.fixture(scope="module")
+def net_onnx(tmp_path_factory):
+    from structlab.relumip.cli import write_onnx
+
+    path = tmp_path_factory.mktemp("ray-obbt") / "net.onnx"
+    write_onnx(ReluNetwork.from_torch(random_mlp((3, 12, 12, 1), seed=2)), path, (LOWER, UPPER))
+    return path
+
+
+def test_cli_refuses_ray_for_interval_bounds_and_an_address_without_ray(net_onnx, capsys) -> None:
+    from structlab.cli import main
+
+    assert main(["relumip", "solve", str(net_onnx), "--objective", "1", "--executor", "ray"]) == 2
+    assert "--executor ray: only LP and MILP bound tightening run as Ray tasks" in capsys.readouterr().err
+    assert main(["relumip", "bounds", str(net_onnx), "--method", "lp", "--address", "10.0.0.5:6379"]) == 2
+    assert "address='10.0.0.5:6379': only the 'ray' executor" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_cli_bounds_and_solve_on_ray_agree_with_local_bounds(
+    net_onnx, ray_executor: RayExecutor, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    import json
+
+    from structlab.cli import main
+
+    ray_executor.connect()  # the commands join this instance (and leave it running)
+    _chunks_of_three(monkeypatch)
+    outs = {}
+    for executor in ("local", "ray"):
+        assert main(["relumip", "bounds", str(net_onnx), "--method", "lp", "--json", "--executor", executor]) == 0
+        outs[executor] = json.loads(capsys.readouterr().out)
+    assert (outs["local"]["processes"], outs["ray"]["processes"]) == (1, 2)  # on Ray, two tasks at a time
+    for mine, theirs in zip(outs["ray"]["layers"], outs["local"]["layers"], strict=True):
+        np.testing.assert_allclose(mine["lower"], theirs["lower"], rtol=0, atol=1e-11)
+        np.testing.assert_allclose(mine["upper"], theirs["upper"], rtol=0, atol=1e-11)
+    args = ["relumip", "solve", str(net_onnx), "--objective", "1", "--bounds", "lp", "--json"]
+    assert main(args) == 0
+    local = json.loads(capsys.readouterr().out)
+    assert main([*args, "--executor", "ray"]) == 0
+    on_ray = json.loads(capsys.readouterr().out)
+    assert on_ray["status"] == local["status"] == "optimal"
+    assert on_ray["objective"] == pytest.approx(local["objective"], abs=1e-7)
+    assert ray_executor._ray is not None  # still connected: the commands closed only what they started
