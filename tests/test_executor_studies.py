@@ -17,7 +17,7 @@ from structlab.reproduce import StudyContext
 from structlab.results import StudyResult
 
 # What is timed, or measured from times, and so differs between any two runs.
-TIMED = re.compile(r"second|time|wall|speed|created|environment|fingerprint", re.IGNORECASE)
+TIMED = re.compile(r"second|time|timing|wall|speed|created|environment|fingerprint", re.IGNORECASE)
 
 
 @pytest.fixture(scope="module")

@@ -105,6 +105,31 @@ def is_count_noun(form: str) -> bool:
     return f > 0 and "NOUN" in word(form).lemmas and frequency(form + "s") >= COUNT_NOUN_PLURAL * f
 
 
+# Shortest part of a closed compound: "gun" + "shot"; shorter parts join by accident ("a" + "stir").
+MIN_COMPOUND_PART = 3
+
+
+@lru_cache(maxsize=65536)
+def closed_compound(first: str, second: str) -> str | None:
+    """The one-word noun that ``first`` and ``second`` spell when written together, or None.
+
+    Tags often space out a closed compound: "gun shot" is the noun "gunshot", "foot steps" the plural of
+    "footstep", "rain drop" is "raindrop". When the lexicon lists the joined form (``second`` as written
+    or in the singular) as a noun and both parts can be nouns, the two words are one noun, not a subject
+    and its verb. Joins that are verb forms ("bar" + "king" -> "barking") do not count.
+    """
+    if min(len(first), len(second)) < MIN_COMPOUND_PART:
+        return None
+    a, b = word(first), word(second)
+    if not (a.known and b.known and "NOUN" in a.lemmas and "NOUN" in b.lemmas):
+        return None
+    for joined in dict.fromkeys((first + second, first + b.lemmas["NOUN"])):
+        w = word(joined)
+        if w.known and "NOUN" in w.lemmas and not w.verb_tags() & {"VBG", "VBD", "VBN", "VBZ"}:
+            return w.lemmas["NOUN"]
+    return None
+
+
 @lru_cache(maxsize=65536)
 def is_verb_lemma(form: str) -> bool:
     """Whether ``form`` is the base form of some verb ("saw": to saw, as well as the past of "see")."""

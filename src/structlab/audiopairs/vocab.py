@@ -11,8 +11,9 @@
   a subject ("dog barked" -> barking dog). Other
   ambiguities ("dogs bark": dog and bark are both nouns and verbs) are settled by how common each reading
   is (:func:`structlab.audiopairs.lexicon.verb_share`) and by plural, agreement and word-order cues;
-- text that is not a pair (one word, a noun compound such as "dog bark", a phrase with function words,
-  numbers) raises ``ValueError`` with the reason.
+- text that is not a pair (one word, a noun compound such as "dog bark" or a closed compound written
+  spaced, "gun shot" = "gunshot", a phrase with function words, numbers) raises ``ValueError`` with the
+  reason.
 
 Scoring: every reading of the words is a candidate whose score is the product of how common each word's
 reading is and a cue factor (``CUES``); the best candidate wins, and if that is not a pair the text is
@@ -47,6 +48,9 @@ CUES = {
     "plural noun modifier": 0.1,  # "dogs bark" as a compound is unlikely
     "verb as noun": 0.2,  # "electronic chime": a verb's base form as a (converted) noun
     "longer noun": 0.5,  # per extra word of the noun: "old + man hit cry" is no pair
+    # "gun shot", "rain drops": two nouns that the lexicon lists joined as one noun ("gunshot") are that
+    # noun spaced out, not a subject and its verb; an adjective reading is left as it is ("black bird").
+    "spaced closed compound": 0.05,
 }
 # A noun of several words ("circular saw") has a noun as its head, whatever else the head can be.
 MIN_COMPOUND_HEAD = 0.5
@@ -181,6 +185,8 @@ def _readings(mod_words: list[str], noun_words: list[str], modifier_first: bool)
     p_noun *= CUES["longer noun"] ** (len(noun_words) - 1)
     noun = _singular(noun_words)
     plural = head.is_plural_noun
+    # The two adjacent words, in text order, written together as one noun ("gun shot" -> "gunshot").
+    closed = lexicon.closed_compound(*((m_form, noun_words[0]) if modifier_first else (noun_words[-1], m_form)))
     out: list[_Reading] = []
     verb_tags = m.verb_tags()
     is_ing = "VBG" in verb_tags
@@ -218,6 +224,8 @@ def _readings(mod_words: list[str], noun_words: list[str], modifier_first: bool)
         else:
             cue, why = CUES["3rd person before noun"], "3rd-person verb + noun"
         if cue is not None:
+            if closed is not None:
+                cue, why = cue * CUES["spaced closed compound"], f"{why}, though spaced {closed!r}"
             ing = m_form if is_ing else lexicon.ing_form(m.lemmas["VERB"])
             out.append(_Reading(p_verb * p_noun * cue, "vnp", ing, noun, why))
     # The competing non-pair: a noun compound ("dog bark"), as likely as the first word is a noun. After a
