@@ -9,12 +9,14 @@ For ReLU networks trained on MATLAB's peaks function (2x25 ... 5x50), in one run
 
 With ``--jobs 1,2,...``: LP and MILP bound tightening of wider and deeper surrogates (3x100 ... 6x256)
 with 1 and more processes, as ratios against one process in the same run
-(``results/relumip/bench_obbt_scaling.json``).
+(``results/relumip/bench_obbt_scaling.json``); with ``--executor ray`` also as Ray tasks (a local Ray
+instance of the usable cores, or the cluster at ``--address``), against the same serial time.
 
 Prints JSON and writes ``results/relumip/bench_bounds.json``::
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/relumip_bounds.py --scale quick
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/relumip_bounds.py --scale quick --jobs 1,2
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/relumip_bounds.py --scale quick --jobs 1,2 --executor ray
 """
 
 from __future__ import annotations
@@ -219,7 +221,8 @@ def _timed(fn: Any, *args: Any, **kwargs: Any) -> tuple[Any, dict[str, float]]:
 
 
 def obbt_scaling(
-    scale: str, jobs: list[int], seed: int, milp_time_limit: float, nets: list[tuple[int, int]] | None = None
+    scale: str, jobs: list[int], seed: int, milp_time_limit: float, nets: list[tuple[int, int]] | None = None,
+    executor: Any = None,
 ) -> StudyResult:
     """Wall and CPU time of LP and MILP bound tightening with 1 and more processes, in the same run.
 
@@ -229,7 +232,8 @@ def obbt_scaling(
     the busiest process's, taking the workers' share as even). The wall ratios hold for the machine as it
     was (its load average is recorded); on a busy machine they understate what idle cores give. Repeats
     alternate the order of the process counts. ``nets``: (depth, width) of the networks, instead of the
-    scale's.
+    scale's. ``executor``: a started :class:`~structlab.jobs.RayExecutor`, measured as one more column
+    (``n_jobs`` "ray"; its workers' CPU time is not seen from here, so it has no idle-core estimate).
     """
     cfg = dict(SCALING[scale], nets=nets) if nets else SCALING[scale]
     rng = np.random.default_rng(seed)
@@ -242,27 +246,30 @@ def obbt_scaling(
         kinds = ["lp"] + (["milp"] if (depth, width) in cfg["milp_nets"] else [])
         start = None
         for kind in kinds:
-            measured: dict[int, list[dict[str, Any]]] = {k: [] for k in jobs}
+            columns: list[int | str] = [*jobs, *(["ray"] if executor is not None else [])]
+            measured: dict[int | str, list[dict[str, Any]]] = {k: [] for k in columns}
             for repeat in range(cfg["repeats"]):
-                for k in jobs if repeat % 2 == 0 else jobs[::-1]:
+                for k in columns if repeat % 2 == 0 else columns[::-1]:
+                    where = {"executor": executor} if k == "ray" else {"n_jobs": k}
                     if kind == "lp":
-                        bounds, m = _timed(lp_bounds, net, LOWER, UPPER, n_jobs=k)
+                        bounds, m = _timed(lp_bounds, net, LOWER, UPPER, **where)
                         start = bounds if k == 1 else start  # where MILP tightening starts
                     else:
-                        bounds, m = _timed(milp_bounds, net, LOWER, UPPER, time_limit=milp_time_limit, n_jobs=k,
-                                           start=start)
+                        bounds, m = _timed(milp_bounds, net, LOWER, UPPER, time_limit=milp_time_limit, start=start,
+                                           **where)
                     m["processes"] = bounds.processes
                     m["stable_fraction"] = stable_fraction(net, bounds)
                     measured[k].append(m)
                     print(json.dumps({"net": name, "kind": kind, "n_jobs": k, **m}), file=sys.stderr)
             serial = statistics.median(m["wall"] for m in measured[jobs[0]])
             serial_cpu = statistics.median(m["cpu_here"] for m in measured[jobs[0]])
-            for k in jobs:
+            for k in columns:
                 wall = statistics.median(m["wall"] for m in measured[k])
                 busiest = statistics.median(max(m["cpu_here"], m["cpu_workers"] / max(m["processes"] - 1, 1))
                                             for m in measured[k])
+                idle = None if k == "ray" else serial_cpu / busiest
                 record = {"net": name, "kind": kind, "n_jobs": k, "wall_seconds": wall, "speedup": serial / wall,
-                          "speedup_idle_estimate": serial_cpu / busiest,
+                          "speedup_idle_estimate": idle,
                           "processes": max(m["processes"] for m in measured[k]),
                           "cpu_here": statistics.median(m["cpu_here"] for m in measured[k]),
                           "cpu_workers": statistics.median(m["cpu_workers"] for m in measured[k]),
@@ -270,16 +277,30 @@ def obbt_scaling(
                           "stable_fraction": measured[k][0]["stable_fraction"]}
                 records.append(record)
                 rows.append([name, kind.upper(), k, record["processes"], f"{wall:.1f}", f"{record['speedup']:.2f}",
-                             f"{record['speedup_idle_estimate']:.2f}",
+                             "-" if idle is None else f"{idle:.2f}",
                              f"{record['cpu_here']:.1f} + {record['cpu_workers']:.1f}", f"{record['load']:.1f}"])
 
-    def best(kind: str, key: str) -> float | None:
-        values = [r[key] for r in records if r["kind"] == kind and r["n_jobs"] > 1]
+    def processes(r: dict[str, Any]) -> bool:
+        return isinstance(r["n_jobs"], int) and r["n_jobs"] > 1
+
+    def best(kind: str, key: str, which: Any = processes) -> float | None:
+        values = [r[key] for r in records if r["kind"] == kind and which(r) and r[key] is not None]
         return max(values) if values else None
 
     claims = []
     for kind, what in (("lp", "LP"), ("milp", "MILP")):
-        group = [r for r in records if r["kind"] == kind and r["n_jobs"] > 1]
+        on_ray = [r for r in records if r["kind"] == kind and r["n_jobs"] == "ray"]
+        sent = [r for r in on_ray if r["processes"] > 1]
+        if on_ray:
+            claims.append(Claim(
+                f"{what}-based bound tightening as Ray tasks is faster than in one process",
+                "; ".join(f"{r['net']}: wall {r['speedup']:.2f}x, {r['processes']} tasks at once at most "
+                          f"(load {r['load']:.1f})" for r in on_ray),
+                ("agrees" if max(r["speedup"] for r in sent) > 1.1 else "disagrees") if sent else "inconclusive",
+                "Ratios against one process in the same run; the Ray instance was started before the timings. "
+                "'inconclusive' where no layer was heavy enough to go out as tasks (1 task at once: all here).",
+            ))
+        group = [r for r in records if r["kind"] == kind and processes(r)]
         if not group:
             continue
         wall, idle = best(kind, "speedup"), best(kind, "speedup_idle_estimate")
@@ -300,7 +321,9 @@ def obbt_scaling(
         metrics={"records": records, "best_lp_speedup": best("lp", "speedup"),
                  "best_milp_speedup": best("milp", "speedup"),
                  "best_lp_speedup_idle_estimate": best("lp", "speedup_idle_estimate"),
-                 "best_milp_speedup_idle_estimate": best("milp", "speedup_idle_estimate")},
+                 "best_milp_speedup_idle_estimate": best("milp", "speedup_idle_estimate"),
+                 "best_lp_speedup_ray": best("lp", "speedup", lambda r: r["n_jobs"] == "ray"),
+                 "best_milp_speedup_ray": best("milp", "speedup", lambda r: r["n_jobs"] == "ray")},
         tables=[Table("OBBT wall time against worker processes",
                       ["net", "bounds", "n_jobs", "processes used", "wall s", "speed-up (wall)",
                        "speed-up (idle-core estimate)", "CPU s here + workers", "load average"], rows,
@@ -323,7 +346,13 @@ def main() -> None:
     parser.add_argument("--milp-time-limit", type=float, default=0.5, help="seconds per MILP-OBBT problem")
     parser.add_argument("--nets", default=None,
                         help="with --jobs: comma-separated DEPTHxWIDTH networks instead of the scale's (e.g. 6x256)")
+    parser.add_argument("--executor", choices=("local", "ray"), default="local",
+                        help="with --jobs: 'ray' adds a column of Ray tasks (against the same serial time)")
+    parser.add_argument("--address", metavar="HOST:PORT",
+                        help="with --executor ray: the Ray cluster to join (default: a local instance)")
     args = parser.parse_args()
+    if (args.executor == "ray" or args.address) and not args.jobs:
+        parser.error("--executor ray/--address: expected --jobs as well (the Ray column is one of its columns)")
     start = time.perf_counter()
     if args.jobs:
         jobs = [int(j) for j in args.jobs.split(",")]
@@ -335,7 +364,17 @@ def main() -> None:
                 nets = [(int(d), int(w)) for d, w in (net.split("x") for net in args.nets.split(","))]
             except ValueError:
                 parser.error(f"--nets {args.nets}: expected DEPTHxWIDTH items such as 3x100,6x256")
-        result = obbt_scaling(args.scale, jobs, args.seed, args.milp_time_limit, nets)
+        executor = None
+        if args.executor == "ray":
+            from structlab.jobs import make_executor
+
+            executor = make_executor("ray", args.address)
+            executor.connect()  # started (or joined) before any timing
+        try:
+            result = obbt_scaling(args.scale, jobs, args.seed, args.milp_time_limit, nets, executor)
+        finally:
+            if executor is not None:
+                executor.close()
     else:
         result = run(args.scale, args.seed)
     path = finish(result, args.results, wall_seconds=time.perf_counter() - start)

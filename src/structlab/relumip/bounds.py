@@ -10,8 +10,8 @@ Three methods, each at least as tight as the one before (paper, Sec. 3.1):
 
 Soundness: a bound is never tighter than what was proved. LP and MILP bounds come from the solver's dual
 information (:mod:`structlab.relumip.obbt`, which also spreads a layer's problems over processes when the
-measured time of the first ones says it pays); interval bounds are widened by a few units of
-floating-point rounding.
+measured time of the first ones says it pays, or over a Ray cluster given ``executor``); interval bounds
+are widened by a few units of floating-point rounding.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -28,6 +29,9 @@ from structlab.relumip.bigm import encode_layer
 from structlab.relumip.model import Model
 from structlab.relumip.network import Layer, ReluNetwork
 from structlab.relumip.obbt import Workers
+
+if TYPE_CHECKING:
+    from structlab.jobs import RayExecutor
 
 _ROUNDING = 1e-12  # relative widening of interval bounds against floating-point rounding
 
@@ -39,7 +43,8 @@ class Bounds:
     They refer to :meth:`ReluNetwork.folded` (the hidden layers are the same as the network's; the outputs
     are in the user's units). ``input_lower``/``input_upper`` is the box they hold on; ``method`` is
     "interval", "lp" or "milp"; ``seconds`` the time taken; ``problems`` the number of LPs/MILPs solved;
-    ``processes`` the most processes a layer's problems were spread over (1: all solved in this process).
+    ``processes`` the most processes a layer's problems were spread over (1: all solved in this process;
+    with a Ray executor: the most tasks a layer could run at once).
     """
 
     lower: tuple[np.ndarray, ...]
@@ -123,6 +128,7 @@ def lp_bounds(
     n_jobs: int | None = None,
     start: Bounds | None = None,
     deadline: float | None = None,
+    executor: RayExecutor | None = None,
 ) -> Bounds:
     """LP-based bound tightening (module docstring), layer by layer, starting from interval bounds.
 
@@ -131,13 +137,25 @@ def lp_bounds(
     (:func:`structlab.relumip.obbt.processes_for`). ``start``: sound bounds on the same box to begin from
     (e.g. :func:`~structlab.relumip.crown.crown_bounds`: fewer unstable neurons to tighten); ``deadline``:
     a ``time.perf_counter()`` value after which no further LP is solved (the bounds stay sound, only
-    looser; the LPs then stay in this process). Raises ``ValueError`` for a bad box or ``n_jobs``.
+    looser; the LPs then stay in this process).
+
+    ``executor``: a :class:`structlab.jobs.RayExecutor` to solve each layer's LPs as Ray tasks on the
+    cluster it joins (or the local Ray instance it starts), for networks whose layer of LPs takes many
+    seconds; ``None`` (default): this machine's processes, ``n_jobs``. The layer's model goes to Ray's
+    object store once and its neurons go out in chunks sized by :func:`structlab.relumip.obbt.rows_per_task`.
+    The caller closes the executor.
+
+    Raises ``ValueError`` for a bad box or ``n_jobs``, or ``executor`` given with ``n_jobs`` or
+    ``deadline``; ``TypeError`` for an ``executor`` that is not a ``RayExecutor``; ``RuntimeError``
+    naming the layer when a Ray task fails.
     """
+    _check_executor(executor, n_jobs, deadline)
     lo, hi = check_box(net, lower, upper)
     start = start or interval_bounds(net, lo, hi)
     if not (np.array_equal(start.input_lower, lo) and np.array_equal(start.input_upper, hi)):
         raise ValueError("start: bounds computed for another input box; expected the same [lower, upper]")
-    return _tighten(net, start, mip=False, time_limit=None, n_jobs=n_jobs, method="lp", deadline=deadline)
+    return _tighten(net, start, mip=False, time_limit=None, n_jobs=n_jobs, method="lp", deadline=deadline,
+                    executor=executor)
 
 
 def milp_bounds(
@@ -147,19 +165,22 @@ def milp_bounds(
     time_limit: float = 1.0,
     n_jobs: int | None = None,
     start: Bounds | None = None,
+    executor: RayExecutor | None = None,
 ) -> Bounds:
     """MILP-based bound tightening: exact over the big-M MILP of the earlier layers, ``time_limit`` s per problem.
 
     A problem stopped by its time limit contributes its proven dual bound. ``start``: bounds to begin
-    from (default: :func:`lp_bounds`, whose tighter big-M make the MILPs faster).
+    from (default: :func:`lp_bounds`, whose tighter big-M make the MILPs faster). ``n_jobs`` and
+    ``executor``: where the MILPs (and the LPs of the default start) run, as in :func:`lp_bounds`.
     """
     if not time_limit > 0:
         raise ValueError(f"time_limit={time_limit!r}: expected a positive number of seconds per problem")
+    _check_executor(executor, n_jobs, None)
     lo, hi = check_box(net, lower, upper)
-    start = start or lp_bounds(net, lo, hi, n_jobs=n_jobs)
+    start = start or lp_bounds(net, lo, hi, n_jobs=n_jobs, executor=executor)
     if not (np.array_equal(start.input_lower, lo) and np.array_equal(start.input_upper, hi)):
         raise ValueError("start: bounds computed for another input box; expected the same [lower, upper]")
-    return _tighten(net, start, mip=True, time_limit=time_limit, n_jobs=n_jobs, method="milp")
+    return _tighten(net, start, mip=True, time_limit=time_limit, n_jobs=n_jobs, method="milp", executor=executor)
 
 
 def stable_fraction(net: ReluNetwork, bounds: Bounds) -> float:
@@ -183,18 +204,35 @@ def stable_fraction(net: ReluNetwork, bounds: Bounds) -> float:
 
 
 # ------------------------------------------------------------------------------------------ OBBT
+def _check_executor(executor: object, n_jobs: int | None, deadline: float | None) -> None:
+    """``executor`` is None or a RayExecutor, and not given with ``n_jobs`` or ``deadline``."""
+    if executor is None:
+        return
+    from structlab.jobs import RayExecutor
+
+    if not isinstance(executor, RayExecutor):
+        raise TypeError(f"executor={executor!r}: expected a structlab.jobs.RayExecutor or None (this machine's "
+                        "processes: n_jobs)")
+    if n_jobs is not None:
+        raise ValueError(f"n_jobs={n_jobs!r} and executor: expected one of the two (n_jobs: processes here; "
+                         "executor: Ray tasks)")
+    if deadline is not None:
+        raise ValueError("deadline and executor: expected one of the two (rows with a deadline are solved in "
+                         "this process)")
+
+
 def _tighten(
     net: ReluNetwork, start: Bounds, mip: bool, time_limit: float | None, n_jobs: int | None, method: str,
-    deadline: float | None = None,
+    deadline: float | None = None, executor: RayExecutor | None = None,
 ) -> Bounds:
     t0 = time.perf_counter()
-    n_jobs = runtime.cpu_count() if n_jobs is None else n_jobs
+    n_jobs = (1 if executor is not None else runtime.cpu_count()) if n_jobs is None else n_jobs
     if not isinstance(n_jobs, int) or n_jobs < 1:
         raise ValueError(f"n_jobs={n_jobs!r}: expected a positive int or None")
     folded = net.folded()
     L, U = [b.copy() for b in start.lower], [b.copy() for b in start.upper]
     problems = 0
-    with Workers(n_jobs, deadline) as workers:
+    with Workers(n_jobs, deadline, executor) as workers:
         for l in range(1, len(folded.layers)):
             if deadline is not None and time.perf_counter() > deadline:
                 break  # the layers left keep their (sound) start bounds
@@ -207,7 +245,7 @@ def _tighten(
             clip = layer.clip if layer.activation == "clipped_relu" else np.full(layer.n_out, math.inf)
             output = l == len(folded.layers) - 1
             todo = np.arange(layer.n_out) if output else np.flatnonzero((U[l] > 0) & (L[l] < clip))
-            lo, hi = workers.bound_rows(model, h, layer.weight[todo], mip, time_limit)
+            lo, hi = workers.bound_rows(model, h, layer.weight[todo], mip, time_limit, layer=l)
             problems += 2 * todo.size
             L[l][todo] = np.maximum(L[l][todo], lo + layer.bias[todo])
             U[l][todo] = np.minimum(U[l][todo], hi + layer.bias[todo])

@@ -9,9 +9,11 @@ box in the file's metadata, so ``bounds``, ``solve``, ``regions`` and ``export``
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -69,12 +71,14 @@ def register(subparsers: Any) -> None:
             structlab relumip bounds peaks.onnx
             structlab relumip bounds peaks.onnx --method lp --json
             structlab relumip bounds net.onnx --lower -1 -1 --upper 1 1 --method milp --neuron-time-limit 2
+            structlab relumip bounds big.onnx --method lp --executor ray --address 10.0.0.5:6379
         """,
     )
     _network_arguments(bounds)
     bounds.add_argument("--method", choices=("interval", "lp", "milp"), default="interval")
     bounds.add_argument("--neuron-time-limit", type=float, default=1.0, help="seconds per MILP (method milp)")
     bounds.add_argument("--rescale", action="store_true", help="rescale the network first (every big-M <= 1)")
+    _executor_arguments(bounds)
     bounds.add_argument("--json", action="store_true", help="print JSON (with every neuron's bounds)")
     bounds.set_defaults(func=_bounds)
 
@@ -86,6 +90,7 @@ def register(subparsers: Any) -> None:
                 --output-constraint 11 -inf 0.34 --bounds lp
             structlab relumip solve fmnist.onnx --center image.npy --eps 0.01 --margin 3 --bounds lp
             structlab relumip solve peaks.onnx --objective 1 --solver scip --time-limit 30 --json
+            structlab relumip solve big.onnx --objective 1 --bounds lp --executor ray --address 10.0.0.5:6379
         """,
     )
     _problem_arguments(solve)
@@ -196,6 +201,55 @@ def _problem_arguments(parser: argparse.ArgumentParser) -> None:
                         help="LO <= y_J <= HI (use -inf/inf for one side); repeatable")
     parser.add_argument("--bounds", choices=("interval", "lp", "milp"), default="interval")
     parser.add_argument("--rescale", action="store_true", help="rescale the network first (every big-M <= 1)")
+    _executor_arguments(parser)
+
+
+def _executor_arguments(parser: argparse.ArgumentParser) -> None:
+    from structlab.jobs import EXECUTORS
+
+    parser.add_argument("--executor", choices=EXECUTORS, default="local",
+                        help="where LP/MILP bound tightening runs: this machine's processes (default) or Ray "
+                             "tasks, for networks whose layer of LPs takes many seconds (needs the 'cluster' "
+                             "extra)")
+    parser.add_argument("--address", metavar="HOST:PORT",
+                        help="with --executor ray: join the Ray cluster whose head listens there (default: "
+                             "start a local Ray instance)")
+
+
+@contextlib.contextmanager
+def _executor(args: argparse.Namespace, method: str) -> Iterator[Any]:
+    """The RayExecutor of ``--executor ray`` (None for local processes), closed when the command ends.
+
+    Raises ``ValueError`` for ``--executor ray`` with interval bounds (nothing to run as tasks) and for
+    ``--address`` without it.
+    """
+    from structlab.jobs import RayExecutor, make_executor
+
+    if args.executor == "ray" and method == "interval":
+        raise ValueError("--executor ray: only LP and MILP bound tightening run as Ray tasks; expected --bounds "
+                         "lp or milp (--method for `bounds`)")
+    executor = make_executor(args.executor, args.address)
+    if not isinstance(executor, RayExecutor):
+        yield None
+        return
+    try:
+        yield executor
+    finally:
+        executor.close()
+
+
+def _bounds_for(
+    net: Any, lower: np.ndarray, upper: np.ndarray, method: str, executor: Any, time_limit: float = 1.0
+) -> Any:
+    """``method``'s bounds as :class:`~structlab.relumip.Formulation` takes them: its name for local
+    processes (the formulation computes them), computed on Ray with an executor."""
+    from structlab.relumip import lp_bounds, milp_bounds
+
+    if executor is None:
+        return method
+    if method == "lp":
+        return lp_bounds(net, lower, upper, executor=executor)
+    return milp_bounds(net, lower, upper, time_limit=time_limit, executor=executor)
 
 
 # --------------------------------------------------------------------------------------- files
@@ -308,13 +362,16 @@ def _instance(args: argparse.Namespace, net: Any, lower: np.ndarray, upper: np.n
     return Instance("cli", lower, upper, args.sense, objective=c, constraints=tuple(constraints))
 
 
-def _prepared(args: argparse.Namespace) -> tuple[Any, np.ndarray, np.ndarray, dict[str, str]]:
+def _prepared(args: argparse.Namespace, executor: Any = None) -> tuple[Any, np.ndarray, np.ndarray, dict[str, str]]:
     from structlab.relumip import interval_bounds, lp_bounds, rescale
 
     net, meta = read_network(args.network)
     lower, upper = _box(args, net, meta)
     if getattr(args, "rescale", False):
-        first = lp_bounds(net, lower, upper) if args.bounds == "lp" else interval_bounds(net, lower, upper)
+        if args.bounds == "lp":
+            first = lp_bounds(net, lower, upper, executor=executor)
+        else:
+            first = interval_bounds(net, lower, upper)
         net = rescale(net, first)
     return net, lower, upper, meta
 
@@ -360,13 +417,14 @@ def _bounds(args: argparse.Namespace) -> int:
     from structlab.relumip.bigm import NO_VAR
 
     args.bounds = "lp" if args.method == "milp" else args.method
-    net, lower, upper, _ = _prepared(args)
-    if args.method == "interval":
-        b = interval_bounds(net, lower, upper)
-    elif args.method == "lp":
-        b = lp_bounds(net, lower, upper)
-    else:
-        b = milp_bounds(net, lower, upper, time_limit=args.neuron_time_limit)
+    with _executor(args, args.method) as executor:
+        net, lower, upper, _ = _prepared(args, executor)
+        if args.method == "interval":
+            b = interval_bounds(net, lower, upper)
+        elif args.method == "lp":
+            b = lp_bounds(net, lower, upper, executor=executor)
+        else:
+            b = milp_bounds(net, lower, upper, time_limit=args.neuron_time_limit, executor=executor)
     form = Formulation(net, lower, upper, b)
     layers = []
     for i, (vars_, lo, hi) in enumerate(zip(form.layers, b.lower, b.upper, strict=False)):
@@ -375,6 +433,7 @@ def _bounds(args: argparse.Namespace) -> int:
                        "largest_big_m": float(vars_.big_m.max(initial=0.0)), "lower": lo.tolist(),
                        "upper": hi.tolist()})
     out = {"network": repr(net), "method": b.method, "seconds": b.seconds, "problems": b.problems,
+           "processes": b.processes,
            "stable_share": stable_fraction(net, b), "binaries": form.num_binaries,
            "output_lower": b.lower[-1].tolist(), "output_upper": b.upper[-1].tolist(), "layers": layers}
     if args.json:
@@ -393,9 +452,10 @@ def _solve(args: argparse.Namespace) -> int:
     from structlab.relumip import Formulation
     from structlab.relumip.problems import encode
 
-    net, lower, upper, _ = _prepared(args)
-    instance = _instance(args, net, lower, upper)
-    form = Formulation(net, lower, upper, args.bounds)
+    with _executor(args, args.bounds) as executor:
+        net, lower, upper, _ = _prepared(args, executor)
+        instance = _instance(args, net, lower, upper)
+        form = Formulation(net, lower, upper, _bounds_for(net, lower, upper, args.bounds, executor))
     encode(form, instance)
     start = None
     if args.warm_start:
@@ -448,8 +508,9 @@ def _export(args: argparse.Namespace) -> int:
     from structlab.relumip import Formulation
     from structlab.relumip.problems import encode
 
-    net, lower, upper, _ = _prepared(args)
-    form = Formulation(net, lower, upper, args.bounds)
+    with _executor(args, args.bounds) as executor:
+        net, lower, upper, _ = _prepared(args, executor)
+        form = Formulation(net, lower, upper, _bounds_for(net, lower, upper, args.bounds, executor))
     encode(form, _instance(args, net, lower, upper))
     path = form.model.write(args.out)
     stats = form.model.stats()

@@ -5,7 +5,8 @@ of the layers before it: the LP relaxation of their big-M encoding (:func:`~stru
 or the MILP itself (:func:`~structlab.relumip.bounds.milp_bounds`). The problems of a layer share one model
 and differ only in the objective, so they are independent. :class:`RowBounds` solves them one after the
 other on one HiGHS model; :class:`Workers` spreads a layer's rows over processes when the measured work
-pays for it.
+pays for it, or over Ray tasks on a cluster (:func:`rows_per_task`) when the caller gives it a
+:class:`~structlab.jobs.RayExecutor`.
 
 Soundness: a bound is never tighter than what the solver proved. An LP bound is computed from the LP's
 dual solution by weak duality (Neumaier and Shcherbina 2004): for *any* row multipliers ``y``,
@@ -20,6 +21,15 @@ costs is its start (once per call: a spawned interpreter importing numpy, scipy 
 a shared 2-core machine), shipping the layer's model (pickled once, 0.02-0.2 s) and loading it into
 HiGHS. This process solves a share of the rows itself while the workers solve theirs, so ``k``
 processes take ``(serial + (k - 1) * overhead) / k``.
+
+On Ray (:func:`rows_per_task`) the layer's model goes to the object store once (``ray.put``) and its rows
+go out in chunks, one task each. A task costs Ray's own scheduling (``RAY_TASK_SECONDS``; a few ms in
+``benchmarks/executor_overhead.py``) plus fetching and loading the model and a cold first solve, so a
+chunk holds enough rows that this is at most ``TASK_OVERHEAD_SHARE`` of its solve time, and a layer has
+at most ``TASKS_PER_CPU`` tasks per CPU of the cluster. A task's rows start from a cold simplex where the
+serial computation warm-starts each row from the one before, so the LP bounds may differ from the serial
+ones in the last bits (both are weak-duality bounds, so both are sound); a chunk's bounds are bit for bit
+those of the same rows solved in this process.
 """
 
 from __future__ import annotations
@@ -50,6 +60,9 @@ POOL_START_SECONDS = 3.0  # starting the worker processes, once per call (measur
 DISPATCH_SECONDS = 0.05  # handing a chunk to a worker and collecting its bounds
 SHIP_PER_BUILD = 3.0  # pickling a layer's model takes 2.3-4x as long as loading it into HiGHS
 PAYS = 0.8  # processes are used only where they are predicted to take at most this share of the serial time
+RAY_TASK_SECONDS = 0.005  # Ray's own cost per task (scheduling, the call, the result), a few ms measured
+TASK_OVERHEAD_SHARE = 0.05  # a Ray task's overhead is at most this share of its rows' solve time ...
+TASKS_PER_CPU = 4  # ... and a layer has at most this many tasks per CPU (enough to balance unequal rows)
 
 
 class RowBounds:
@@ -112,6 +125,14 @@ def bound_rows(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """:class:`RowBounds` of ``rows`` on a fresh model: ``(lower, upper, seconds per row)``."""
     return RowBounds(model, cols, mip, time_limit)(rows)
+
+
+def _bound_chunk(
+    layer: tuple[Model, np.ndarray], rows: np.ndarray, mip: bool, time_limit: float | None
+) -> dict[str, np.ndarray]:
+    """What a Ray task runs: ``layer`` is the layer's ``(model, cols)``, from Ray's object store."""
+    lower, upper, seconds = bound_rows(*layer, rows, mip, time_limit)
+    return {"lower": lower, "upper": upper, "seconds": seconds}
 
 
 def _bound_rows_shipped(
@@ -191,20 +212,42 @@ def shares(rows: int, processes: int, probe: Probe, pool_started: bool) -> list[
     return [rows - per_worker * (processes - 1)] + [per_worker] * (processes - 1)
 
 
+def rows_per_task(probe: Probe, rows: int, cpus: int) -> int:
+    """Rows in each Ray task for ``rows`` rows on a cluster of ``cpus`` CPUs (``rows``: one task, none sent).
+
+    A task's overhead is Ray's own (``RAY_TASK_SECONDS``), fetching and unpickling the layer's model
+    (``ship``), loading it into HiGHS (``build``) and its first, cold solve (``cold - warm``); a task holds
+    enough rows that this is at most ``TASK_OVERHEAD_SHARE`` of their solve time (``warm`` each), and
+    more where that would make over ``TASKS_PER_CPU`` tasks per CPU.
+    """
+    if rows < 1 or cpus < 1:
+        raise ValueError(f"rows={rows}, cpus={cpus}: expected at least one of each")
+    overhead = RAY_TASK_SECONDS + probe.ship + probe.build + max(probe.cold - probe.warm, 0.0)
+    by_overhead = math.ceil(overhead / (TASK_OVERHEAD_SHARE * max(probe.warm, 1e-9)))
+    by_cpus = math.ceil(rows / (TASKS_PER_CPU * cpus))
+    return min(rows, max(1, by_overhead, by_cpus))
+
+
 # ---------------------------------------------------------------------------------------- workers
 class Workers:
     """Solve a layer's bound problems here or, where the measured work pays for it (:func:`processes_for`),
-    also in a pool of up to ``n_jobs - 1`` worker processes started on first use and kept for the call.
+    also in a pool of up to ``n_jobs - 1`` worker processes started on first use and kept for the call;
+    or, with ``executor`` (a :class:`~structlab.jobs.RayExecutor`), as Ray tasks (:func:`rows_per_task`).
 
-    This process solves its share of the rows while the workers solve theirs. ``most_used``: the most
-    processes one layer was spread over (1: every row solved here). ``deadline``: a
-    ``time.perf_counter()`` value after which no row is solved (no pool is used with one: rows cut short
-    in a worker could not be told apart).
+    This process solves its share of the rows while the workers solve theirs (on Ray it only waits).
+    ``most_used``: the most processes one layer was spread over (1: every row solved here; on Ray, the
+    most tasks a layer could run at once). ``deadline``: a ``time.perf_counter()`` value after which no
+    row is solved (no pool is used with one: rows cut short in a worker could not be told apart; it cannot
+    be combined with ``executor``). The caller closes ``executor``.
     """
 
-    def __init__(self, n_jobs: int, deadline: float | None = None) -> None:
+    def __init__(self, n_jobs: int, deadline: float | None = None, executor: Any = None) -> None:
+        if executor is not None and deadline is not None:
+            raise ValueError("executor and deadline: expected one of the two (rows with a deadline are solved "
+                             "in this process)")
         self.n_jobs = n_jobs
         self.deadline = deadline
+        self.executor = executor
         self.pool: ProcessPoolExecutor | None = None
         self.most_used = 1
 
@@ -216,25 +259,24 @@ class Workers:
             self.pool.shutdown(wait=True, cancel_futures=True)
 
     def bound_rows(
-        self, model: Model, cols: np.ndarray, rows: np.ndarray, mip: bool, time_limit: float | None
+        self, model: Model, cols: np.ndarray, rows: np.ndarray, mip: bool, time_limit: float | None,
+        layer: int | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Sound lower and upper bounds of ``rows @ v[cols]`` over ``model`` (each of shape (len(rows),))."""
+        """Sound lower and upper bounds of ``rows @ v[cols]`` over ``model`` (each of shape (len(rows),)).
+
+        ``layer`` names the layer in errors. Raises ``RuntimeError`` naming the layer and its rows when a
+        Ray task raised or lost its worker more often than the executor's ``retries``.
+        """
         solver = RowBounds(model, cols, mip, time_limit, deadline=self.deadline)
-        if self.n_jobs == 1 or self.deadline is not None or len(rows) < 2 * MIN_ROWS_PER_PROCESS:
+        local = self.executor is None and self.n_jobs == 1
+        if local or self.deadline is not None or len(rows) < 2 * MIN_ROWS_PER_PROCESS:
             lower, upper, _ = solver(rows)
             return lower, upper
-        # time a cold and some warm-started solves here, for at most PROBE_SECONDS beyond the first two
-        lo, hi, seconds = [], [], []
-        while len(seconds) < len(rows) and (len(seconds) < 2 or (len(seconds) < PROBE_ROWS
-                                                                   and sum(seconds) < PROBE_SECONDS)):
-            i = len(seconds)
-            a, b, s = solver(rows[i:i + 1])
-            lo.append(a)
-            hi.append(b)
-            seconds.append(float(s[0]))
-        rest = rows[len(seconds):]
-        cost = Probe(cold=seconds[0], warm=float(np.median(seconds[1:])) if len(seconds) > 1 else seconds[0],
-                     build=solver.build_seconds, ship=SHIP_PER_BUILD * solver.build_seconds)
+        lo, hi, cost = self._probe(solver, rows)
+        rest = rows[len(lo):]
+        if self.executor is not None and len(rest):
+            a, b = self._on_ray(solver, model, cols, rest, mip, time_limit, cost, layer)
+            return np.concatenate([*lo, a]), np.concatenate([*hi, b])
         k = processes_for(cost, len(rest), self.n_jobs, self.pool is not None) if len(rest) else 1
         if k > 1:
             try:
@@ -248,6 +290,53 @@ class Workers:
                 return np.concatenate([*lo, a]), np.concatenate([*hi, b])
         a, b, _ = solver(rest)
         return np.concatenate([*lo, a]), np.concatenate([*hi, b])
+
+    @staticmethod
+    def _probe(solver: RowBounds, rows: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray], Probe]:
+        """Time a cold and some warm-started solves here, for at most PROBE_SECONDS beyond the first two:
+        the bounds of the rows solved and what a row costs."""
+        lo, hi, seconds = [], [], []
+        while len(seconds) < len(rows) and (len(seconds) < 2 or (len(seconds) < PROBE_ROWS
+                                                                   and sum(seconds) < PROBE_SECONDS)):
+            i = len(seconds)
+            a, b, s = solver(rows[i:i + 1])
+            lo.append(a)
+            hi.append(b)
+            seconds.append(float(s[0]))
+        cost = Probe(cold=seconds[0], warm=float(np.median(seconds[1:])) if len(seconds) > 1 else seconds[0],
+                     build=solver.build_seconds, ship=SHIP_PER_BUILD * solver.build_seconds)
+        return lo, hi, cost
+
+    def _on_ray(
+        self, solver: RowBounds, model: Model, cols: np.ndarray, rows: np.ndarray, mip: bool,
+        time_limit: float | None, cost: Probe, layer: int | None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``rows`` in chunks of :func:`rows_per_task`, one Ray task each (here when one chunk holds them all)."""
+        from structlab.jobs import Job
+
+        ray = self.executor.connect()
+        cpus = self.executor.workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
+        size = rows_per_task(cost, len(rows), cpus)
+        if size >= len(rows):  # one task would only add its overhead
+            a, b, _ = solver(rows)
+            return a, b
+        shared = (model, cols)  # one object for every chunk: the executor puts it in the object store once
+        name = "layer" if layer is None else f"layer{layer}"
+        edges = list(range(0, len(rows), size)) + [len(rows)]
+        jobs = {f"{name}-rows{i}-{j}": Job(f"{name}-rows{i}-{j}", _bound_chunk, {
+            "layer": shared, "rows": rows[i:j], "mip": mip, "time_limit": time_limit})
+            for i, j in zip(edges[:-1], edges[1:], strict=True)}
+        results: dict[str, dict[str, np.ndarray]] = {}
+        with contextlib.closing(self.executor.results(list(jobs.values()), cpus, 1)) as finished:
+            for job, result in finished:  # an error stops the layer; closing cancels the tasks in flight
+                if isinstance(result, BaseException):
+                    where = "a layer" if layer is None else f"layer {layer}"
+                    raise RuntimeError(f"bound tightening of {where} on Ray: task {job.key} failed: "
+                                       f"{type(result).__name__}: {result}") from result
+                results[job.key] = result
+        self.most_used = max(self.most_used, min(len(jobs), cpus))
+        return (np.concatenate([results[key]["lower"] for key in jobs]),
+                np.concatenate([results[key]["upper"] for key in jobs]))
 
     def _spread(
         self, solver: RowBounds, model: Model, cols: np.ndarray, rows: np.ndarray, mip: bool,
