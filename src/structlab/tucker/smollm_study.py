@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import statistics
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -26,6 +27,7 @@ import torch
 
 from structlab import runtime
 from structlab.errors import DataNotFoundError
+from structlab.jobs import Job
 from structlab.reproduce import StudyContext, study
 from structlab.results import Claim, StudyResult, Table, format_spread, spread
 from structlab.tucker.figures import FAMILY_STYLE, _pyplot, spectra_figure
@@ -35,6 +37,18 @@ GOAL_FRACTION = 0.25  # a KV cache 4x smaller than SmolLM2's own ...
 GOAL_PERPLEXITY_RATIO = 1.10  # ... within 10% of the original perplexity, and below MLA at the same bytes
 EXACT_TOLERANCE = 1e-3  # largest |logit difference| of the exact conversion (float32 rounding)
 TRAIN_PLAYS_EVERY = 4  # calibration text: every 4th training play
+
+
+def calibration_plays(text_path: str | Path) -> list[str]:
+    """The plays whose text calibrates the conversions: every ``TRAIN_PLAYS_EVERY``-th training play."""
+    from structlab.tucker.text import VALIDATION_PLAYS, play_texts
+
+    return [p for p in play_texts(text_path) if p not in VALIDATION_PLAYS][::TRAIN_PLAYS_EVERY]
+
+
+def _log(message: str) -> None:
+    """A progress line of a job (jobs run apart from the study's context, in this or a worker process)."""
+    print(f"[tucker/smollm] {message}", file=sys.stderr, flush=True)
 
 
 @dataclass(frozen=True)
@@ -111,12 +125,10 @@ def run_smollm(ctx: StudyContext, plan: SmolLMPlan) -> StudyResult:
         attention_layers,
         attention_modules,
         convert_hf,
-        replace_attention,
         rotary_inv_freq,
     )
     from structlab.tucker.llm import load_smollm2, max_logit_difference, perplexity, play_tokens, windows
-    from structlab.tucker.recovery import distill, fit_layers, input_covariances, record_attention
-    from structlab.tucker.text import VALIDATION_PLAYS, play_texts
+    from structlab.tucker.text import VALIDATION_PLAYS
 
     try:
         model_source = datasets.resolve("smollm2")
@@ -132,10 +144,7 @@ def run_smollm(ctx: StudyContext, plan: SmolLMPlan) -> StudyResult:
     gqa_numbers = 2 * n_kv * d_h
     ctx.log(f"SmolLM2-135M loaded in {load_seconds:.0f} s: {n_layers} layers, {n_heads} heads over {n_kv} KV heads")
 
-    train_plays = [p for p in play_texts(text_source.path) if p not in VALIDATION_PLAYS][::TRAIN_PLAYS_EVERY]
-    held_out = play_tokens(tokenizer, VALIDATION_PLAYS)
-    calibration_text = play_tokens(tokenizer, train_plays)
-    eval_set = windows(held_out, plan.eval_length, plan.eval_windows)
+    eval_set = windows(play_tokens(tokenizer, VALIDATION_PLAYS), plan.eval_length, plan.eval_windows)
 
     def evaluate(candidate: torch.nn.Module) -> dict[str, float]:
         return perplexity(candidate, eval_set)
@@ -173,67 +182,25 @@ def run_smollm(ctx: StudyContext, plan: SmolLMPlan) -> StudyResult:
     del exact
 
     # Compressions at each budget: from the weights alone, then activation-aware (the seed draws the
-    # calibration windows whose input second moments weight the decomposition), then recovered.
+    # calibration windows whose input second moments weight the decomposition), then recovered. Each
+    # (seed, variant) is a job stored as it finishes: a stopped full run (hours on a CPU) resumes.
+    del model
     variants = _variants(plan, n_heads, d, d_h, gqa_numbers)
     conversions: dict[str, dict[str, Any]] = {
         v.label: {"family": v.family, "fraction": v.fraction, "runs": []} for v in variants}
-
-    def convert(variant: Variant, calibrated: Calibrated | None) -> tuple[torch.nn.Module, float, list[int]]:
-        began, choices = time.process_time(), []
-        converted = replace_attention(copy.deepcopy(model), _builder(variant, calibrated, choices))
-        return converted, time.process_time() - began, choices
-
-    if plan.weights_only:
-        for v in variants:
-            if v.main:
-                converted, cpu, _ = convert(v, None)
-                conversions[v.label]["weights_only"] = {**evaluate(converted), "convert_cpu_seconds": cpu}
-                ctx.log(f"{v.label}, weights only: perplexity {conversions[v.label]['weights_only']['perplexity']:.1f}")
-                del converted
-    for seed in plan.seeds:
-        gen = torch.Generator().manual_seed(seed)
-        batches = windows(calibration_text, plan.calib_length, plan.calib_windows, generator=gen)
-        calibration = record_attention(model, batches)
-        calibrated = Calibrated(calibration, input_covariances(calibration), inv_freq)
-        for v in variants:
-            if seed != plan.seeds[0] and not v.recover:
-                continue
-            converted, cpu, choices = convert(v, calibrated)
-            record = conversions[v.label]
-            record["numbers"] = kv_cache_bytes(attention_layers(converted)[0], 1, torch.float32) // 4
-            sizes = [(layer.ranks[2], layer.value_ranks[2]) if v.family == "tucker"
-                     else (layer.kv_latent, layer.rope_head_dim) for layer in attention_layers(converted)]
-            run: dict[str, Any] = {"seed": seed, "aware": {**evaluate(converted), "convert_cpu_seconds": cpu},
-                                   "layer_sizes": sizes}
-            ctx.log(f"{v.label}, seed {seed}: {record['numbers']} numbers/token/layer, activation-aware perplexity "
-                    f"{run['aware']['perplexity']:.2f} ({cpu:.0f} CPU s)")
-            if v.recover:
-                # The layers are fitted alone on original inputs; whether the fits compose is judged on the
-                # held-back calibration windows, and fits that raise their perplexity are not kept.
-                held_back = batches[len(batches) - max(1, len(batches) // 4):]
-                unfitted = {k: t.clone() for k, t in converted.state_dict().items() if "self_attn" in k}
-                check_before = perplexity(converted, held_back)["perplexity"]
-                fit = fit_layers(converted, calibration, plan.fit_steps, plan.fit_lr, batch=plan.fit_batch,
-                                 generator=gen, log=ctx.log)
-                check_after = perplexity(converted, held_back)["perplexity"]
-                fit["kept"] = check_after < check_before
-                fit["held_back_perplexity"] = {"before": check_before, "after": check_after}
-                if not fit["kept"]:
-                    converted.load_state_dict(unfitted, strict=False)
-                del unfitted
-                run["fit"] = {**fit, **evaluate(converted)}
-                verdict = "kept" if fit["kept"] else "not kept"
-                ctx.log(f"layer fit in {fit['cpu_seconds']:.0f} CPU s, {verdict} (held-back perplexity "
-                        f"{check_before:.1f} -> {check_after:.1f}) -> perplexity {run['fit']['perplexity']:.2f}")
-                if plan.distill_steps > 0:
-                    result = distill(converted, model, batches, plan.distill_steps, plan.distill_lr, generator=gen,
-                                     log=ctx.log)
-                    run["distill"] = {**result, **evaluate(converted)}
-                    ctx.log(f"distillation in {result['cpu_seconds']:.0f} CPU s -> perplexity "
-                            f"{run['distill']['perplexity']:.2f}")
-            record["runs"].append(run)
-            del converted
-        del calibration, calibrated
+    jobs = [Job(f"weights-only-{i}", smollm_job, {"plan": plan, "variant": i, "seed": None})
+            for i, v in enumerate(variants) if plan.weights_only and v.main]
+    jobs += [Job(f"seed{seed}-{i}", smollm_job, {"plan": plan, "variant": i, "seed": seed})
+             for seed in plan.seeds for i, v in enumerate(variants) if seed == plan.seeds[0] or v.recover]
+    outcomes = ctx.run_jobs(jobs, desc="tucker/smollm conversions")
+    for job in jobs:
+        out = outcomes[job.key]
+        record = conversions[variants[job.kwargs["variant"]].label]
+        record["numbers"] = out.pop("numbers")
+        if job.kwargs["seed"] is None:
+            record["weights_only"] = out["aware"]
+        else:
+            record["runs"].append(out)
     for label, c in conversions.items():
         if "weights_only" in c:
             rows.append(_variant_row(label, c["family"], c["numbers"], spread([c["weights_only"]["perplexity"]]),
@@ -290,12 +257,75 @@ def run_smollm(ctx: StudyContext, plan: SmolLMPlan) -> StudyResult:
         part="tucker", study=ctx.study, title="SmolLM2-135M in Tucker form", scale=ctx.scale, summary=summary,
         config=asdict(plan), seeds=list(plan.seeds),
         data=[model_source.as_record(), {**text_source.as_record(), "split": {
-            "held_out": list(VALIDATION_PLAYS), "calibration": train_plays}}],
+            "held_out": list(VALIDATION_PLAYS), "calibration": calibration_plays(text_source.path)}}],
         metrics=metrics, tables=tables, figures=[spectra_path.name, figure.name], claims=claims,
     )
 
 
 STAGES = (("aware", "activation-aware"), ("fit", "+ layer fit"), ("distill", "+ layer fit + distillation"))
+
+
+def smollm_job(plan: SmolLMPlan, variant: int, seed: int | None) -> dict[str, Any]:
+    """One conversion of SmolLM2 (a job of the study): variant number ``variant`` of :func:`_variants`,
+    from the weights alone (``seed`` None) or activation-aware on the calibration windows that ``seed``
+    draws, then, for the variants to recover, layer fitting and distillation. Returns the run's record
+    (perplexities, CPU seconds, layer sizes) and ``numbers``, the KV-cache numbers per token and layer."""
+    from structlab import data as datasets
+    from structlab.tucker import kv_cache_bytes
+    from structlab.tucker.hf import attention_layers, replace_attention, rotary_inv_freq
+    from structlab.tucker.llm import load_smollm2, perplexity, play_tokens, windows
+    from structlab.tucker.recovery import distill, fit_layers, input_covariances, record_attention
+    from structlab.tucker.text import VALIDATION_PLAYS
+
+    with runtime.torch_threads(1 if runtime.default_device() == "cpu" else torch.get_num_threads()):
+        model, tokenizer = load_smollm2()
+        config = model.config
+        gqa_numbers = 2 * config.num_key_value_heads * config.head_dim
+        v = _variants(plan, config.num_attention_heads, config.hidden_size, config.head_dim, gqa_numbers)[variant]
+        text_path = datasets.resolve("shakespeare").path
+        eval_set = windows(play_tokens(tokenizer, VALIDATION_PLAYS), plan.eval_length, plan.eval_windows)
+        calibrated, gen, batches, calibration = None, None, None, None
+        if seed is not None:
+            gen = torch.Generator().manual_seed(seed)
+            text = play_tokens(tokenizer, calibration_plays(text_path))
+            batches = windows(text, plan.calib_length, plan.calib_windows, generator=gen)
+            calibration = record_attention(model, batches)
+            calibrated = Calibrated(calibration, input_covariances(calibration), rotary_inv_freq(model))
+        began, choices = time.process_time(), []
+        converted = replace_attention(copy.deepcopy(model), _builder(v, calibrated, choices))
+        cpu = time.process_time() - began
+        numbers = kv_cache_bytes(attention_layers(converted)[0], 1, torch.float32) // 4
+        sizes = [(layer.ranks[2], layer.value_ranks[2]) if v.family == "tucker"
+                 else (layer.kv_latent, layer.rope_head_dim) for layer in attention_layers(converted)]
+        run: dict[str, Any] = {"seed": seed, "aware": {**perplexity(converted, eval_set), "convert_cpu_seconds": cpu},
+                               "layer_sizes": sizes}
+        what = "weights only" if seed is None else f"seed {seed}, activation-aware"
+        _log(f"{v.label}, {what}: {numbers} numbers/token/layer, perplexity "
+                    f"{run['aware']['perplexity']:.2f} ({cpu:.0f} CPU s)")
+        if seed is not None and v.recover:
+            # The layers are fitted alone on original inputs; whether the fits compose is judged on the
+            # held-back calibration windows, and fits that raise their perplexity are not kept.
+            held_back = batches[len(batches) - max(1, len(batches) // 4):]
+            unfitted = {k: t.clone() for k, t in converted.state_dict().items() if "self_attn" in k}
+            check_before = perplexity(converted, held_back)["perplexity"]
+            fit = fit_layers(converted, calibration, plan.fit_steps, plan.fit_lr, batch=plan.fit_batch,
+                             generator=gen, log=_log)
+            check_after = perplexity(converted, held_back)["perplexity"]
+            fit["kept"] = check_after < check_before
+            fit["held_back_perplexity"] = {"before": check_before, "after": check_after}
+            if not fit["kept"]:
+                converted.load_state_dict(unfitted, strict=False)
+            run["fit"] = {**fit, **perplexity(converted, eval_set)}
+            _log(f"layer fit in {fit['cpu_seconds']:.0f} CPU s, {'kept' if fit['kept'] else 'not kept'} "
+                        f"(held-back perplexity {check_before:.1f} -> {check_after:.1f}) -> perplexity "
+                        f"{run['fit']['perplexity']:.2f}")
+            if plan.distill_steps > 0:
+                result = distill(converted, model, batches, plan.distill_steps, plan.distill_lr, generator=gen,
+                                 log=_log)
+                run["distill"] = {**result, **perplexity(converted, eval_set)}
+                _log(f"distillation in {result['cpu_seconds']:.0f} CPU s -> perplexity "
+                            f"{run['distill']['perplexity']:.2f}")
+    return {"numbers": numbers, **run}
 
 
 @dataclass(frozen=True)
