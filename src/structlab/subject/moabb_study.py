@@ -271,7 +271,6 @@ def run_moabb_study(ctx: StudyContext, plan: MoabbPlan, cache=None) -> StudyResu
     results, cache = run_moabb(ctx, plan, cache)
     csv_path = ctx.out_dir / "moabb_results.csv"
     atomic_write_bytes(csv_path, results.to_csv(index=False).encode())
-    atomic_write_bytes(ctx.out_dir / "moabb_results.json", results.to_json(orient="records", indent=1).encode())
 
     table_rows, metrics = [], {}
     for (evaluation, task, pipeline), group in results.groupby(["evaluation", "task", "pipeline"], sort=False):
@@ -285,7 +284,8 @@ def run_moabb_study(ctx: StudyContext, plan: MoabbPlan, cache=None) -> StudyResu
     side_by_side = Table(
         "MOABB scores: its SSVEP pipelines and our networks (accuracy, mean and std over subjects)",
         ["evaluation", "task", "pipeline", "score", "std over subjects", "subjects", "fit seconds"], table_rows,
-        note="MOABB's own evaluations and results table (moabb_results.csv / .json beside this file). Chance is "
+        note="MOABB's own evaluations and results table (moabb_results.csv beside this file; the same rows are "
+             "under metrics.moabb_results). Chance is "
              "1/3 (3-class) and 1/4 (4-class). Networks: one row per seed.",
     )
     rows = moabb_local.recording_table(data.resolve("ssvep-exo").path)
