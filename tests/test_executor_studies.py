@@ -20,14 +20,6 @@ from structlab.results import StudyResult
 TIMED = re.compile(r"second|time|timing|wall|speed|created|environment|fingerprint", re.IGNORECASE)
 
 
-@pytest.fixture(scope="module")
-def ray_executor():
-    pytest.importorskip("ray")
-    executor = RayExecutor(workers=2)
-    yield executor
-    executor.close()
-
-
 def untimed(value: Any) -> Any:
     """``value`` without timed entries: dict keys and table columns whose names say they hold times."""
     if isinstance(value, StudyResult):

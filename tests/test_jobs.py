@@ -224,14 +224,6 @@ def test_an_address_where_no_ray_head_listens_is_named_before_any_study_runs(tmp
 
 
 # ----------------------------------------------------------------------------------------------- ray
-@pytest.fixture(scope="module")
-def ray_executor():
-    pytest.importorskip("ray")
-    executor = RayExecutor(workers=2, retries=1)
-    yield executor
-    executor.close()
-
-
 @pytest.mark.slow
 def test_ray_stores_the_others_when_a_job_raises_and_a_worker_dies_and_a_rerun_completes(
     tmp_path: Path, ray_executor: RayExecutor

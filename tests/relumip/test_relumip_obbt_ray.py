@@ -52,14 +52,6 @@ def test_a_ray_task_holds_rows_worth_twenty_times_its_overhead_and_at_most_four_
 
 
 # ------------------------------------------------------------------------------------------------ Ray
-@pytest.fixture(scope="module")
-def ray_executor():
-    pytest.importorskip("ray")
-    executor = RayExecutor(workers=2, retries=1)
-    yield executor
-    executor.close()
-
-
 class _InProcess(RayExecutor):
     """The executor's chunks solved one after the other in this process: the reference for Ray's transport."""
 

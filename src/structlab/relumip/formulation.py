@@ -208,6 +208,19 @@ class Formulation:
         return float(self.model.objective_value @ exact[self.model.objective_index] + self.model.objective_offset)
 
 
+def start_points(
+    net: ReluNetwork, lo: np.ndarray, hi: np.ndarray, candidates: np.ndarray | Sequence[Sequence[float]] | None,
+    n_samples: int, seed: int,
+) -> np.ndarray:
+    """Warm-start candidates in the box [lo, hi]: its centre, ``n_samples`` uniform samples (drawn with
+    ``seed``) and the rows of ``candidates`` that lie inside it; shape (k, n_in)."""
+    rng = np.random.default_rng(seed)
+    points = [0.5 * (lo + hi)[None], rng.uniform(lo, hi, (n_samples, lo.size))]
+    if candidates is not None:
+        rows = np.asarray(candidates, dtype=np.float64).reshape(-1, net.input_dim)
+        points.append(rows[np.all((rows >= lo) & (rows <= hi), axis=1)])
+    return np.concatenate(points)
+
 def sampled_start(
     net: ReluNetwork,
     lower: np.ndarray | Sequence[float],
@@ -225,12 +238,7 @@ def sampled_start(
     from its first node (HiGHS found no feasible point in 60 s on some surrogate problems without it).
     """
     lo, hi = check_box(net, lower, upper)
-    rng = np.random.default_rng(seed)
-    points = [0.5 * (lo + hi)[None], rng.uniform(lo, hi, (n_samples, lo.size))]
-    if candidates is not None:
-        rows = np.asarray(candidates, dtype=np.float64).reshape(-1, net.input_dim)
-        points.append(rows[np.all((rows >= lo) & (rows <= hi), axis=1)])
-    x = np.concatenate(points)
+    x = start_points(net, lo, hi, candidates, n_samples, seed)
     values = net(x) @ np.asarray(objective, dtype=np.float64)
     return x[int(np.argmin(values) if sense == "min" else np.argmax(values))]
 

@@ -24,7 +24,7 @@ import numpy as np
 
 from structlab.data import Resolution
 from structlab.relumip.bounds import Bounds
-from structlab.relumip.formulation import Formulation
+from structlab.relumip.formulation import Formulation, start_points
 from structlab.relumip.network import ReluNetwork
 
 Task = Literal["regression", "classification"]
@@ -212,13 +212,7 @@ def feasible_start(
     A cheap incumbent for the solver: HiGHS without one found no feasible point in 60 s on trivially
     feasible 3x32 and 3x50 reformer surrogates, and solved one of them in 19 s from the best data row.
     """
-    lo, hi = instance.lower, instance.upper
-    rng = np.random.default_rng(seed)
-    points = [0.5 * (lo + hi)[None], rng.uniform(lo, hi, (n_samples, lo.size))]
-    if candidates is not None:
-        rows = np.asarray(candidates, dtype=np.float64).reshape(-1, net.input_dim)
-        points.append(rows[np.all((rows >= lo) & (rows <= hi), axis=1)])
-    x = np.concatenate(points)
+    x = start_points(net, instance.lower, instance.upper, candidates, n_samples, seed)
     y = net(x)
     feasible = np.ones(x.shape[0], dtype=bool)
     for con in instance.constraints:
