@@ -3,9 +3,10 @@
 A trained network (:class:`ReluNetwork`, from PyTorch or ONNX) is kept apart from its encodings: sound
 pre-activation bounds (:func:`interval_bounds`, :func:`lp_bounds`, :func:`milp_bounds`), the big-M
 :class:`Formulation` (clipped ReLU included, stable neurons without binaries), solved by HiGHS or SCIP
-(:func:`optimize`), plus the paper's levers and indicators: :func:`rescale`, :func:`stable_fraction`,
-:func:`count_linear_regions` and regularised training (:func:`train`, imported on first use because it
-needs torch).
+(:func:`optimize`), VNN-COMP's networks and properties (:meth:`ReluNetwork.from_onnx`,
+:func:`read_vnnlib`) and a verifier (:func:`verify`), plus the paper's levers and indicators:
+:func:`rescale`, :func:`stable_fraction`, :func:`count_linear_regions` and regularised training
+(:func:`train`, imported on first use because it needs torch).
 """
 
 from __future__ import annotations
@@ -32,14 +33,17 @@ from structlab.relumip.solvers import (
     TimeLimitError,
     UnboundedError,
 )
+from structlab.relumip.verifier import Verdict, verify
+from structlab.relumip.vnnlib import Property, VnnlibError, parse_vnnlib, read_vnnlib
 
 _TRAINING = ("TrainConfig", "TrainResult", "train", "indicators", "relu_stability_loss", "build_mlp")
 
 __all__ = [
-    "Bounds", "Formulation", "InfeasibleError", "Layer", "LayerVars", "Model", "RegionEstimate",
-    "ReluNetwork", "Solution", "SolveError", "SolverOptions", "TimeLimitError", "UnboundedError",
-    "count_linear_regions", "encode_layer", "estimate_linear_regions", "interval_bounds", "linear_regions",
-    "lp_bounds", "milp_bounds", "optimize", "plot_linear_regions", "rescale", "stable_fraction", *_TRAINING,
+    "Bounds", "Formulation", "InfeasibleError", "Layer", "LayerVars", "Model", "Property", "RegionEstimate",
+    "ReluNetwork", "Solution", "SolveError", "SolverOptions", "TimeLimitError", "UnboundedError", "Verdict",
+    "VnnlibError", "count_linear_regions", "encode_layer", "estimate_linear_regions", "interval_bounds",
+    "linear_regions", "lp_bounds", "milp_bounds", "optimize", "parse_vnnlib", "plot_linear_regions",
+    "read_vnnlib", "rescale", "stable_fraction", "verify", *_TRAINING,
 ]
 
 
