@@ -126,6 +126,8 @@ def sfx_spectrogram(samples: np.ndarray) -> np.ndarray:
     samples = np.asarray(samples, dtype=np.float32)
     peak = float(np.max(np.abs(samples))) if samples.size else 0.0
     samples = samples / (peak or 1.0)
+    if samples.size < N_FFT:  # a clip under 46 ms: zeros after it make one whole window (librosa warns otherwise)
+        samples = np.pad(samples, (0, N_FFT - samples.size))
     mel = librosa.feature.melspectrogram(
         y=samples, sr=SAMPLE_RATE, n_fft=N_FFT, hop_length=HOP, n_mels=N_MELS, fmin=0.0, fmax=SAMPLE_RATE / 2,
         htk=True, norm=1.0, power=2.0,
@@ -163,7 +165,8 @@ def embed(
     net = None
     folder = None
     if cache_dir is not None and checksums is not None:
-        folder = Path(cache_dir) / f"aisfx-{sha256_file(checkpoint)[:16]}"
+        # -v2: clips under one window are zero-padded to it (v1 computed them from librosa's padding)
+        folder = Path(cache_dir) / f"aisfx-{sha256_file(checkpoint)[:16]}-v2"
     out = np.zeros((len(paths), DIM), dtype=np.float32)
     bar = runtime.progress(paths, desc="embeddings", unit="file", disable=None if progress else True)
     for i, path in enumerate(bar):
