@@ -5,6 +5,7 @@ Every test that runs MOABB guards the sockets: any connection attempt (or name l
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 
 import numpy as np
@@ -137,3 +138,30 @@ def test_subject_ids_reach_the_network_through_the_epochs_metadata():
     assert set(est.predict(epochs)) <= {"a", "b"}
     with pytest.raises(ValueError, match="subjects: none given"):
         clone(est).fit(epochs.get_data(), y)
+
+
+def test_a_stopped_moabb_study_resumes_from_moabbs_own_results(tmp_path, no_network, monkeypatch):
+    """The second run of the same plan reads every result from MOABB's hdf5 store (a network that would fail
+    if trained again is never fitted); another plan gets its own store."""
+    from structlab.reproduce import StudyContext
+    from structlab.subject import moabb_study
+    from structlab.subject.estimators import NetClassifier
+
+    plan = moabb_study.MoabbPlan(subjects=[1], tasks=[moabb_study.MAIN_TASK], evaluations=["within-session"],
+                                 backbones=["eegnet"], net={"max_epochs": 1}, classical=False)
+    ctx = StudyContext("subject", "moabb", "quick", tmp_path / "results", log=lambda _: None)
+    cache = moabb_local.write_layout(tmp_path / "mne", folder=_folder(), subjects=[1])
+    first, _ = moabb_study.run_moabb(ctx, plan, cache)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a stored result was computed again")
+
+    monkeypatch.setattr(NetClassifier, "fit", refuse)
+    again, _ = moabb_study.run_moabb(ctx, plan, cache)
+    columns = ["pipeline", "subject", "session", "score"]
+    key = ["pipeline", "session"]
+    pd_first = first[columns].sort_values(key).reset_index(drop=True)
+    pd_again = again[columns].sort_values(key).reset_index(drop=True)
+    assert pd_first.astype(str).equals(pd_again.astype(str))
+    other = dataclasses.replace(plan, net={"max_epochs": 2})
+    assert moabb_study.results_store(ctx, other) != moabb_study.results_store(ctx, plan)

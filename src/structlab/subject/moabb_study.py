@@ -28,13 +28,17 @@ SSVEPs on which TRCA is run the same way.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
+import re
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
 from structlab import data
-from structlab.reproduce import StudyContext, study
+from structlab.reproduce import StudyContext, fingerprint, study
 from structlab.results import Claim, StudyResult, Table
 from structlab.subject import moabb_local
 
@@ -116,11 +120,12 @@ def net_pipelines(plan: MoabbPlan) -> dict[str, object]:
     return out
 
 
-def _evaluation(name: str, paradigm, dataset, hdf5: str, mne_labels: bool, return_epochs: bool):
+def _evaluation(name: str, paradigm, dataset, hdf5: Path, mne_labels: bool, return_epochs: bool):
     from moabb.evaluations import CrossSubjectEvaluation, WithinSessionEvaluation
     from moabb.evaluations.protocols import CrossSubjectMode
 
-    common = dict(paradigm=paradigm, datasets=[dataset], overwrite=True, hdf5_path=hdf5, mne_labels=mne_labels,
+    # overwrite=False: MOABB skips the pipelines whose results its hdf5 file already holds (a resumed run)
+    common = dict(paradigm=paradigm, datasets=[dataset], overwrite=False, hdf5_path=str(hdf5), mne_labels=mne_labels,
                   return_epochs=return_epochs, n_jobs=1, random_state=0)
     if name == "within-session":
         return WithinSessionEvaluation(**common)
@@ -129,19 +134,44 @@ def _evaluation(name: str, paradigm, dataset, hdf5: str, mne_labels: bool, retur
     return CrossSubjectEvaluation(cs_mode=CrossSubjectMode.TRAIN_AND_TARGET_LABELED_20P, **common)
 
 
+def results_store(ctx: StudyContext, plan: MoabbPlan) -> Path:
+    """The folder of MOABB's hdf5 results for this code and plan, so a stopped study resumes.
+
+    MOABB stores a result under its pipeline, data set and subject, and one file per paradigm and evaluation
+    class: a different plan (other subjects change every cross-subject fold), another task or scale and any
+    change to the part's code must not find those, so the folder is named by all of them, and each task and
+    evaluation gets its own below it.
+    """
+    key = json.dumps([fingerprint(ctx.part, ctx.scale), dataclasses.asdict(plan)], sort_keys=True, default=str)
+    return ctx.out_dir / "moabb_hdf5" / hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def _batches(pipelines: dict) -> list[dict]:
+    """MOABB stores an evaluation's results when all its pipelines are done: the classical pipelines (minutes)
+    go in one evaluation, each network (the hours) in its own, so a stop loses at most one network's folds."""
+    from structlab.subject.estimators import NetClassifier
+
+    cheap = {name: p for name, p in pipelines.items() if not isinstance(p, NetClassifier)}
+    return ([cheap] if cheap else []) + [{name: p} for name, p in pipelines.items() if name not in cheap]
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+
+
 def run_moabb(ctx: StudyContext, plan: MoabbPlan, cache=None):
     """Every evaluation x task x pipeline of ``plan`` through MOABB; returns MOABB's results table (pandas)."""
     import pandas as pd
     from moabb.paradigms import SSVEP, FilterBankSSVEP
 
-    cache = moabb_local.write_layout(cache, progress=True)
+    cache = moabb_local.write_layout(cache, progress=True, subjects=plan.subjects)
     frames = []
     with moabb_local.offline_moabb(cache):
         import moabb
 
         moabb.set_log_level("error")
         dataset = moabb_local.local_dataset(cache, plan.subjects)
-        hdf5 = str(ctx.out_dir / "moabb_hdf5")
+        store = results_store(ctx, plan)
         for task in plan.tasks:
             events, n_classes = TASKS[task]
             paradigms = {"ssvep": SSVEP(events=events, n_classes=n_classes),
@@ -153,17 +183,16 @@ def run_moabb(ctx: StudyContext, plan: MoabbPlan, cache=None):
             groups["ssvep"].update(net_pipelines(plan))
             for evaluation in plan.evaluations:
                 for kind, pipelines in groups.items():
-                    if not pipelines:
-                        continue
-                    ctx.log(f"MOABB {evaluation}, {task}, {kind} paradigm: {len(pipelines)} pipelines")
-                    started = time.perf_counter()
-                    ev = _evaluation(evaluation, paradigms[kind], dataset, hdf5, mne_labels=kind == "ssvep",
-                                     return_epochs=kind == "ssvep")
-                    frame = ev.process(pipelines)
-                    frame["evaluation"] = evaluation
-                    frame["task"] = task
-                    frames.append(frame)
-                    ctx.log(f"  {time.perf_counter() - started:.0f} s")
+                    for batch in _batches(pipelines):
+                        ctx.log(f"MOABB {evaluation}, {task}, {kind} paradigm: {', '.join(batch)}")
+                        started = time.perf_counter()
+                        ev = _evaluation(evaluation, paradigms[kind], dataset, store / _slug(task) / _slug(evaluation),
+                                         mne_labels=kind == "ssvep", return_epochs=kind == "ssvep")
+                        frame = ev.process(batch)
+                        frame["evaluation"] = evaluation
+                        frame["task"] = task
+                        frames.append(frame)
+                        ctx.log(f"  {time.perf_counter() - started:.0f} s")
     results = pd.concat(frames, ignore_index=True)
     return results, cache
 
