@@ -102,6 +102,13 @@ class Model:
 
         Raises ``ValueError`` for mismatched lengths, unknown variables or ``lower > upper``.
         """
+        idx, val = self._linear_terms(variables, coeffs)
+        if lower > upper or lower == INF or upper == -INF:
+            raise ValueError(f"lower={lower}, upper={upper}: expected lower <= upper with a finite side")
+        self.add_rows([idx], [val], lower, upper)
+
+    def _linear_terms(self, variables, coeffs) -> tuple[np.ndarray, np.ndarray]:
+        """``variables`` and ``coeffs`` as flat index and value arrays, checked (one finite value per variable)."""
         idx = np.asarray(variables, dtype=np.int64).reshape(-1)
         val = np.asarray(coeffs, dtype=np.float64).reshape(-1)
         if idx.shape != val.shape:
@@ -109,9 +116,7 @@ class Model:
         self._check_variables(idx, "variables")
         if not np.all(np.isfinite(val)):
             raise ValueError("coeffs: contains NaN or infinite values; expected finite numbers")
-        if lower > upper or lower == INF or upper == -INF:
-            raise ValueError(f"lower={lower}, upper={upper}: expected lower <= upper with a finite side")
-        self.add_rows([idx], [val], lower, upper)
+        return idx, val
 
     def set_objective(
         self,
@@ -123,13 +128,7 @@ class Model:
         """Make ``sense`` of ``sum_k coeffs[k] * v[variables[k]] + offset`` the objective (replacing any)."""
         if sense not in ("min", "max"):
             raise ValueError(f"sense={sense!r}: expected 'min' or 'max'")
-        idx = np.asarray(variables, dtype=np.int64).reshape(-1)
-        val = np.asarray(coeffs, dtype=np.float64).reshape(-1)
-        if idx.shape != val.shape:
-            raise ValueError(f"coeffs: {val.size} values for {idx.size} variables; expected one per variable")
-        self._check_variables(idx, "variables")
-        if not np.all(np.isfinite(val)):
-            raise ValueError("coeffs: contains NaN or infinite values; expected finite numbers")
+        idx, val = self._linear_terms(variables, coeffs)
         self.objective_index, self.objective_value = idx, val
         self.objective_offset, self.sense = float(offset), sense
 
