@@ -9,7 +9,7 @@ import json
 import os
 import socket
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -174,6 +174,24 @@ def test_fingerprint_reads_arrays_and_dataclasses_by_content() -> None:
     assert fingerprint(X) == fingerprint(X.copy())
     assert fingerprint(X) not in {fingerprint(changed), fingerprint(X.astype(np.float32)), fingerprint(X.reshape(4, 3)),
                                   fingerprint(X, ("l", "R"))}
+
+
+@dataclass
+class _Recorded:
+    X: np.ndarray
+    provenance: dict = field(default_factory=dict, compare=False)
+
+
+def test_a_dataclass_field_declared_compare_false_is_not_part_of_the_fingerprint() -> None:
+    """A provenance record (where the data came from, whether a cache was hit) must not make the same job
+    look new, or a resumed study reruns what it stored."""
+    X = np.arange(6.0)
+
+    def fingerprint(provenance: dict) -> str:
+        return Job("a", _square, {"data": _Recorded(X, provenance)}).fingerprint()
+
+    assert fingerprint({"cache": {"hit": False}}) == fingerprint({"cache": {"hit": True}, "path": "/elsewhere"})
+    assert fingerprint({}) != Job("a", _square, {"data": _Recorded(X + 1)}).fingerprint()
 
 
 def test_an_argument_the_fingerprint_cannot_read_needs_an_identity() -> None:

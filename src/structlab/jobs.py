@@ -68,7 +68,8 @@ class Job:
     def fingerprint(self, salt: str = "") -> str:
         """A hash of the function's name, the arguments (or ``identity``) and ``salt``.
 
-        Arrays count by content (dtype, shape, bytes), dataclasses by their fields; any other object
+        Arrays count by content (dtype, shape, bytes), dataclasses by their fields (those that take part
+        in equality: not one declared with ``compare=False``); any other object
         that JSON cannot hold raises ``TypeError`` (give the job an ``identity``).
         """
         what = self.kwargs if self.identity is None else self.identity
@@ -103,7 +104,8 @@ class _Fingerprint:
         if isinstance(obj, np.generic):
             return obj.item()
         if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-            fields = {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
+            # the fields that take part in equality: one declared compare=False (a provenance record) does not
+            fields = {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj) if f.compare}
             return {"dataclass": f"{type(obj).__module__}.{type(obj).__qualname__}", **fields}
         if isinstance(obj, os.PathLike):
             return os.fspath(obj)

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
 from structlab import data
 from structlab.errors import StructlabError
+from structlab.jobs import Job
 from structlab.subject import ssvep_exo, synthetic
+from structlab.subject.evaluation import EvalConfig
 from structlab.subject.recordings import Preprocessing, Recording, find_shared_trials, load_trials
+from structlab.subject.studies import run_job
 
 needs_ssvep = pytest.mark.skipif(
     data.find("ssvep-exo") is None, reason="ssvep-exo data set not found (set STRUCTLAB_DATA to the shared data)"
@@ -63,6 +67,9 @@ def test_loader_drops_both_copies_of_a_recording_shared_by_two_subjects(tmp_path
     # The cache answers the second call with the same arrays.
     again = ssvep_exo.load(cache_dir=tmp_path)
     assert again.info["cache"]["hit"] and not trials.info["cache"]["hit"]
+    # ... and the study's jobs on them are the same jobs (a run that built the cache resumes from it)
+    job = Job("pooled-eegnet-s0", run_job, {"kind": "pooled", "trials": trials, "args": (EvalConfig(), 0)})
+    assert job.fingerprint("salt") == replace(job, kwargs={**job.kwargs, "trials": again}).fingerprint("salt")
     np.testing.assert_array_equal(again.X, trials.X)
     np.testing.assert_array_equal(again.session, trials.session)
     assert not list(tmp_path.glob(".*.tmp"))

@@ -24,7 +24,9 @@ class Trials:
     ch_names: list[str]
     sfreq: float
     classes: list[str]
-    info: dict[str, Any] = field(default_factory=dict)  # how the trials were made (source, filter, report)
+    # How the trials were made (source, filter, report, cache): provenance, not content, so it takes no part
+    # in equality or in a job's fingerprint (a run that built the cache and one that read it are the same jobs).
+    info: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
         n = len(self.X)
