@@ -157,10 +157,11 @@ def run_ssvep(ctx: StudyContext, plan: Plan, trials: Trials) -> StudyResult:
     sweeps += [(name, {"include": layers, "exclude": []}) for name, layers in plan.layer_sets.items()]
     for (name, overrides), seed in [(v, s) for v in sweeps for s in plan.seeds[: plan.sweep_seeds]]:
         jobs.append(("pooled", name, (trials, _config(plan, **overrides), seed, (ev.CONDITIONED_DROPOUT,))))
+    workers = _workers(ctx, plan.workers)
     ctx.log(f"{len(jobs)} jobs ({sum(k == 'loso' for k, _, _ in jobs)} leave-one-subject-out folds) "
-            f"in {min(plan.workers, runtime.cpu_count())} processes")
+            f"on {workers} {ctx.executor.name} workers")
     outputs = _run_jobs(ctx, [(_job_key(kind, label, args), kind, args) for kind, label, args in jobs],
-                        min(plan.workers, runtime.cpu_count()), "subject study")
+                        workers, "subject study")
     records: list[Record] = []
     variants: list[Record] = []
     for (_, label, _), out in zip(jobs, outputs, strict=True):
@@ -177,6 +178,11 @@ def run_ssvep(ctx: StudyContext, plan: Plan, trials: Trials) -> StudyResult:
     if plan.layer_sets:
         variants += [dataclasses.replace(r, method=MAIN_LAYERS) for r in main]
     return _ssvep_result(ctx, plan, trials, records, variants)
+
+
+def _workers(ctx: StudyContext, planned: int) -> int:
+    """Jobs at once: the run's choice (``--workers``) where it made one, else the plan's, at most the cores."""
+    return ctx.executor.workers or min(planned, runtime.cpu_count())
 
 
 def _run_jobs(ctx: StudyContext, jobs: list[tuple[str, str, tuple]], workers: int, desc: str) -> list[list[Record]]:
@@ -618,8 +624,8 @@ def run_synthetic(ctx: StudyContext, plan: SyntheticPlan) -> StudyResult:
             trials = synthetic.generate(dataclasses.replace(plan.config, shift=shift, trials_per_class=n), seed=seed)
             jobs.append((f"shift{shift}-trials{n}-s{seed}", "pooled", (trials, config, seed, methods)))
             tags.append((shift, n))
-    workers = min(plan.workers, runtime.cpu_count())
-    ctx.log(f"{len(jobs)} jobs in {workers} processes")
+    workers = _workers(ctx, plan.workers)
+    ctx.log(f"{len(jobs)} jobs on {workers} {ctx.executor.name} workers")
     outputs = _run_jobs(ctx, jobs, workers, "synthetic control")
     by_condition: dict[tuple[float, int], list[Record]] = defaultdict(list)
     for tag, out in zip(tags, outputs, strict=True):
