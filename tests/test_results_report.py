@@ -191,6 +191,22 @@ def test_empty_report_says_how_to_make_results(tmp_path):
     assert "structlab reproduce --scale quick" in html_path.read_text()
 
 
+def test_report_names_the_registered_studies_that_have_neither_evidence_nor_a_run(tmp_path):
+    from structlab.evidence import registered_studies
+
+    results = tmp_path / "results"
+    res = _result(results)
+    res.part, res.study, res.figures = "relumip", "peaks", []
+    finish(res, results)
+    html_path, md_path = write_report(results, tmp_path / "no-evidence")
+    html, md = html_path.read_text(), md_path.read_text()
+    line = re.search(r"No stored evidence yet and no run here: (.*?)\. To make", html).group(1)
+    named = re.findall(r"<code>(.*?)</code>", line)
+    assert named == [f"{p}/{s}" for p, s in registered_studies() if (p, s) != ("relumip", "peaks")]
+    assert "tucker/charlm" in named and "relumip/peaks" not in named
+    assert "`tucker/charlm`" in md and "`relumip/peaks`" not in md.split("no run here:")[1].split("\n")[0]
+
+
 def test_figures_shrink_until_the_page_fits_its_size_limit(tmp_path, monkeypatch):
     from structlab import report
 

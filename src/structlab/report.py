@@ -134,14 +134,27 @@ def write_report(
     results_dir = Path(results_dir)
     results_dir.mkdir(parents=True, exist_ok=True)
     entries, problems = _entries(results_dir, Path(evidence_dir) if evidence_dir is not None else None)
+    pending = _pending(entries)
     html_path, md_path = results_dir / "report.html", results_dir / "report.md"
     for width in (REPORT_FIGURE_WIDTH, 700, 480):  # smaller figures until the page fits in REPORT_MAX_BYTES
-        page = render_html(entries, problems, figure_width=width)
+        page = render_html(entries, problems, figure_width=width, pending=pending)
         if len(page.encode()) <= REPORT_MAX_BYTES:
             break
     atomic_write_text(html_path, page)
-    atomic_write_text(md_path, render_markdown(entries, problems, results_dir))
+    atomic_write_text(md_path, render_markdown(entries, problems, results_dir, pending=pending))
     return html_path, md_path
+
+
+def _pending(entries: list[Entry]) -> list[str]:
+    """The registered studies that have neither stored evidence nor a run here ("part/study")."""
+    from structlab.evidence import registered_studies
+
+    shown = {(entry.part, entry.study) for entry in entries}
+    return [f"{part}/{study}" for part, study in registered_studies() if (part, study) not in shown]
+
+
+PENDING_HOW = ("To make a study's evidence: <code>structlab reproduce --scale full --only PART --study STUDY</code>, "
+               "then <code>structlab evidence save PART/STUDY</code>.")
 
 
 # ---------------------------------------------------------------- shared
@@ -402,7 +415,8 @@ _INTRO = (
 )
 
 
-def render_html(entries: list[Entry], problems: Sequence[str] = (), figure_width: int = REPORT_FIGURE_WIDTH) -> str:
+def render_html(entries: list[Entry], problems: Sequence[str] = (), figure_width: int = REPORT_FIGURE_WIDTH,
+                pending: Sequence[str] = ()) -> str:
     e = html.escape
     out = [
         "<!doctype html><html><head><meta charset='utf-8'><title>structlab report</title>",
@@ -415,6 +429,9 @@ def render_html(entries: list[Entry], problems: Sequence[str] = (), figure_width
         out.append(f"<p class='failed'>skipped: {e(problem)}</p>")
     if entries:
         out.append(_html_overview(entries))
+    if pending:
+        out.append("<p class='none'>No stored evidence yet and no run here: "
+                   + ", ".join(f"<code>{e(name)}</code>" for name in pending) + ". " + PENDING_HOW + "</p>")
     current_part = None
     for entry in entries:
         if entry.part != current_part:
@@ -434,7 +451,7 @@ def _md_verdict(claim: Claim | None, res: StudyResult | None) -> str:
     return f"**{claim.verdict}**" if _is_evidence_scale(res) else f"smoke check: {SMOKE}"
 
 
-def render_markdown(entries: list[Entry], problems: list[str], results_dir: Path) -> str:
+def render_markdown(entries: list[Entry], problems: list[str], results_dir: Path, pending: Sequence[str] = ()) -> str:
     out = ["# structlab report", "",
            "Stored evidence: full-scale results kept in the repository (`evidence/`) with the command and commit "
            "that made them. Your run: what `structlab reproduce` wrote here; at quick scale a smoke check "
@@ -442,6 +459,9 @@ def render_markdown(entries: list[Entry], problems: list[str], results_dir: Path
     if not any(entry.run for entry in entries):
         out += ["No results of your own yet. Run `structlab reproduce --scale quick`.", ""]
     out += [f"- skipped: {p}" for p in problems]
+    if pending:
+        out += ["No stored evidence yet and no run here: " + ", ".join(f"`{name}`" for name in pending) + ". "
+                + PENDING_HOW.replace("<code>", "`").replace("</code>", "`"), ""]
     if not entries:
         return "\n".join(out) + "\n"
     overview = []
