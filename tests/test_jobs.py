@@ -332,3 +332,50 @@ def test_studies_get_the_run_executor_through_their_context_and_it_is_closed(tmp
     assert [o.status for o in out] == ["ran"] and Recorded.closed == 1
     assert sorted(p.name for p in (tmp_path / "tucker" / "runs" / "squares").iterdir()) == [
         "square-0.json", "square-1.json", "square-2.json"]
+
+
+def _record_pid_and_sleep(folder: str) -> dict:
+    (Path(folder) / str(os.getpid())).touch()
+    time.sleep(120)
+    return {}
+
+
+def _running(pid: int) -> bool:
+    """Whether process ``pid`` is alive (a zombie waiting to be reaped counts as ended)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads process states from /proc (Linux)")
+def test_workers_exit_when_their_parent_is_killed(tmp_path: Path) -> None:
+    """A run killed by SIGKILL (no time to shut its pool down) must not leave workers computing jobs that no
+    one will collect."""
+    import subprocess
+    import sys
+
+    folder = tmp_path / "pids"
+    folder.mkdir()
+    script = ("from tests.test_jobs import _record_pid_and_sleep\n"
+              "from structlab.jobs import Job, LocalExecutor\n"
+              f"jobs = [Job(k, _record_pid_and_sleep, {{'folder': {str(folder)!r}}}) for k in ('a', 'b')]\n"
+              "list(LocalExecutor().results(jobs, workers=2, threads=1))\n")
+    root = Path(__file__).resolve().parents[1]
+    parent = subprocess.Popen([sys.executable, "-c", script], cwd=root,
+                              env={**os.environ, "PYTHONPATH": os.pathsep.join([str(root), str(root / "src")])})
+    try:
+        deadline = time.monotonic() + 120
+        while len(list(folder.iterdir())) < 2:
+            assert parent.poll() is None and time.monotonic() < deadline, "the workers did not start"
+            time.sleep(0.2)
+        workers = [int(p.name) for p in folder.iterdir()]
+        assert all(_running(pid) for pid in workers)
+        parent.kill()
+        parent.wait()
+        deadline = time.monotonic() + 15
+        while any(_running(pid) for pid in workers) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not any(_running(pid) for pid in workers)
+    finally:
+        parent.kill()

@@ -28,6 +28,7 @@ import os
 import re
 import socket
 import sys
+import threading
 import time
 import weakref
 from collections.abc import Callable, Iterator, Sequence
@@ -274,8 +275,17 @@ def _threads(n: int) -> contextlib.AbstractContextManager:
     return runtime.torch_threads(n) if "torch" in sys.modules else contextlib.nullcontext()
 
 
-def _init_worker(threads: int) -> None:
+def _init_worker(threads: int, parent: int) -> None:
     os.environ["OMP_NUM_THREADS"] = str(threads)
+    # A parent killed without the time to shut its pool down (SIGTERM, SIGKILL, a lost terminal) leaves its
+    # workers computing jobs no one will collect, for hours: a worker exits once its parent is gone.
+    threading.Thread(target=_exit_with_parent, args=(parent,), name="structlab-parent-watch", daemon=True).start()
+
+
+def _exit_with_parent(parent: int, every: float = 1.0) -> None:
+    while os.getppid() == parent:
+        time.sleep(every)
+    os._exit(1)
 
 
 # --------------------------------------------------------------------------------------------- local
@@ -311,7 +321,7 @@ class LocalExecutor:
         context = multiprocessing.get_context("spawn")  # CUDA and OpenMP do not survive a fork
         lost: list[Job] = []
         pool = ProcessPoolExecutor(min(workers, len(jobs)), mp_context=context, initializer=_init_worker,
-                                   initargs=(threads,))
+                                   initargs=(threads, os.getpid()))
         try:
             futures = {pool.submit(call_in_worker, job.fn, job.kwargs, threads): job for job in jobs}
             for future in as_completed(futures):
@@ -351,7 +361,8 @@ def _isolated(
         while queue or running:
             while queue and len(running) < workers:
                 job = queue.pop(0)
-                pool = ProcessPoolExecutor(1, mp_context=context, initializer=_init_worker, initargs=(threads,))
+                pool = ProcessPoolExecutor(1, mp_context=context, initializer=_init_worker,
+                                           initargs=(threads, os.getpid()))
                 running[pool.submit(call_in_worker, job.fn, job.kwargs, threads)] = (job, pool)
             done, _ = wait(running, return_when=FIRST_COMPLETED)
             for future in done:
