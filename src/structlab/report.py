@@ -146,11 +146,16 @@ def write_report(
 
 
 def _pending(entries: list[Entry]) -> list[str]:
-    """The registered studies that have neither stored evidence nor a run here ("part/study")."""
+    """The registered studies that have neither stored evidence nor a run here ("part/study"); none listed where
+    a part's studies cannot be imported (an extra not installed): the report does not need them."""
     from structlab.evidence import registered_studies
 
+    try:
+        registered = registered_studies()
+    except ImportError:
+        return []
     shown = {(entry.part, entry.study) for entry in entries}
-    return [f"{part}/{study}" for part, study in registered_studies() if (part, study) not in shown]
+    return [f"{part}/{study}" for part, study in registered if (part, study) not in shown]
 
 
 PENDING_HOW = ("To make a study's evidence: <code>structlab reproduce --scale full --only PART --study STUDY</code>, "
