@@ -162,7 +162,8 @@ def main(argv=None) -> int:
                      "agrees" if r["inference_ratio_peft_over_ours"] >= 1 else "disagrees") for r in runs]
     result = StudyResult(
         part="subject", study="bench_peft", title="Subject-conditioned layers against peft LoRA (mixed batches)",
-        scale="bench", summary="Median per-round ratios of peft's time to ours, measured in one run.",
+        # a benchmark at its documented size is evidence (`structlab evidence save`), as subject_layers.py's
+        scale="full", summary="Median per-round ratios of peft's time to ours, measured in one run.",
         config=vars(args), metrics={"runs": runs},
         tables=[Table("Times (ms) and ratios (peft / ours)",
                       ["model", "subjects in batch", "ours train ms", "peft train ms", "train ratio",
