@@ -92,8 +92,8 @@ PLANS = {
         verification=(20, 20), verification_train=TrainConfig(task="classification", epochs=2, lr=1e-3), n_images=2,
         epsilons=(0.01,), seeds=(0,), time_limit=5.0, hard_seconds=1.0, n_train_verification=2000,
     ),
-    # Sized to about 75 minutes on one core (six encoders at 30 s: a peaks 3x25 or 2x50 network takes
-    # 150-180 s, a verification ball about 145 s, on a shared 2-core machine)
+    # Sized to well under an hour on one core (six encoders at 30 s; the stored evidence took about half an
+    # hour of CPU, training included: most instances solve well inside the limit)
     "full": OmltPlan(
         peaks=((25, 25), (25, 25, 25), (50, 50)), peaks_train=TrainConfig(epochs=150),
         reformer_train=TrainConfig(epochs=reformer.EPOCHS, batch_size=reformer.BATCH_SIZE, lr=1e-3),
