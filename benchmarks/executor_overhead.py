@@ -134,7 +134,7 @@ def main(argv=None) -> int:
     ]
     result = StudyResult(
         part="jobs", study="bench_executor_overhead", title="Executor overhead: Ray tasks against the local pool",
-        scale="bench",
+        scale="full",
         summary="Wall time of N jobs through structlab's local and Ray executors and a plain process pool, "
                 "medians over interleaved rounds.",
         config=vars(args), metrics=metrics,

@@ -58,6 +58,8 @@ from structlab.tucker import (
 )
 from structlab.tucker.rope import rotary_angles, rotary_frequencies
 
+# The arguments that make each results file of this script evidence (docs name them while it is missing).
+EVIDENCE_ARGS = {"bench_attention_cuda": "--device cuda"}
 D_MODEL, N_HEADS = 768, 12  # GPT-2 small
 SMOL_D, SMOL_HEADS, SMOL_KV, SMOL_BASE = 576, 9, 3, 100000.0  # SmolLM2-135M
 LEAN_MHA, LEAN_GQA = "MHA (lean)", "GQA (lean)"

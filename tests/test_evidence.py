@@ -221,7 +221,15 @@ def test_benchmark_results_are_evidence_too(tmp_path, code_matches):
            command="OMP_NUM_THREADS=1 python benchmarks/tucker_attention.py --threads 1")
     [saved] = evidence.save([], results, store, log=lambda m: None)
     assert "benchmarks record no code fingerprint" in evidence.read_evidence(saved).provenance["code_check"]
-    assert evidence.placeholder_commands("tucker", "bench_attention_cuda")[0] == "python benchmarks/tucker_attention.py"
+    # a benchmark's missing evidence names its script with the arguments in the script's EVIDENCE_ARGS
+    assert evidence.placeholder_commands("tucker", "bench_attention_cuda")[0] == (
+        "python benchmarks/tucker_attention.py --device cuda")
+    assert evidence.placeholder_commands("tucker", "bench_attention")[0] == "python benchmarks/tucker_attention.py"
+    assert evidence.placeholder_commands("relumip", "bench_obbt_scaling")[0] == (
+        "python benchmarks/relumip_bounds.py --scale full --jobs 1,2")
+    # found by the study it writes where the script is named for no part
+    assert evidence.placeholder_commands("jobs", "bench_executor_overhead")[0] == (
+        "python benchmarks/executor_overhead.py")
 
 
 def test_fingerprint_at_a_commit_equals_the_fingerprint_of_its_checked_out_files(tmp_path):

@@ -14,6 +14,7 @@ that were made by code other than their recorded commit.
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import gzip
 import hashlib
@@ -34,6 +35,8 @@ from structlab.results import StudyResult, failure_record, find_results, now, re
 
 EVIDENCE_SCHEMA = "structlab.evidence/1"
 EVIDENCE_SCALES: tuple[str, ...] = ("full",)
+# The four parts, and "jobs": the study runner itself, whose executor benchmark belongs to no part.
+EVIDENCE_PARTS: tuple[str, ...] = (*PARTS, "jobs")
 # A metric block whose JSON is larger than this goes to the compressed sidecar file.
 RAW_LIMIT_BYTES = 64_000
 # Stored figures are at most this wide (pixels); 1200 keeps axis labels readable at 100% zoom.
@@ -195,8 +198,8 @@ def _select(selection: Sequence[str], results_dir: Path, log: Callable[[str], No
         part, sep, study = name.partition("/")
         if not sep or not part or not study or "/" in study:
             raise ValueError(f"study={name!r}: expected PART/STUDY, e.g. tucker/charlm")
-        if part not in PARTS:
-            raise ValueError(f"study={name!r}: unknown part {part!r}; expected one of {PARTS}")
+        if part not in EVIDENCE_PARTS:
+            raise ValueError(f"study={name!r}: unknown part {part!r}; expected one of {EVIDENCE_PARTS}")
         path = results_path(results_dir, part, study)
         if not path.is_file():
             known = sorted(f"{p.parent.name}/{p.stem}" for p in find_results(results_dir))
@@ -479,12 +482,25 @@ def format_listing(rows: list[list[str]], missing: list[str]) -> str:
 
 def placeholder_commands(part: str, study: str) -> list[str]:
     """The commands that make the evidence of ``part/study`` (what docs and the report say while it is
-    missing). A benchmark ``bench_X...`` is ``benchmarks/<part>_X.py``."""
+    missing). A benchmark ``bench_X...`` is made by ``benchmarks/<part>_X.py``, with the arguments that its
+    ``EVIDENCE_ARGS`` (study -> arguments, a literal dict read without importing the script) gives."""
     save_cmd = f"structlab evidence save {part}/{study}"
-    if study.startswith("bench_"):
-        scripts = sorted((_PACKAGE.parents[1] / "benchmarks").glob(f"{part}_*.py"), key=lambda p: -len(p.stem))
-        for script in scripts:
-            if study.startswith("bench_" + script.stem[len(part) + 1:]):
-                return [f"python benchmarks/{script.name}", save_cmd]
-        return [f"the benchmark in benchmarks/ that writes results/{part}/{study}.json", save_cmd]
-    return [f"structlab reproduce --scale full --only {part} --study {study}", save_cmd]
+    if not study.startswith("bench_"):
+        return [f"structlab reproduce --scale full --only {part} --study {study}", save_cmd]
+    scripts = sorted((_PACKAGE.parents[1] / "benchmarks").glob("*.py"), key=lambda p: -len(p.stem))
+    by_name = [s for s in scripts if s.stem.startswith(part + "_") and study.startswith("bench_" + s.stem[len(part) + 1:])]
+    by_text = [s for s in scripts if f'study="{study}"' in s.read_text()]
+    for script in by_name or by_text:
+        args = _evidence_args(script).get(study, "")
+        return [f"python benchmarks/{script.name} {args}".rstrip(), save_cmd]
+    return [f"the benchmark in benchmarks/ that writes results/{part}/{study}.json", save_cmd]
+
+
+def _evidence_args(script: Path) -> dict[str, str]:
+    """A benchmark script's module-level ``EVIDENCE_ARGS`` literal, or {} where it has none."""
+    for node in ast.parse(script.read_text()).body:
+        if isinstance(node, ast.Assign | ast.AnnAssign):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            if any(isinstance(t, ast.Name) and t.id == "EVIDENCE_ARGS" for t in targets) and node.value is not None:
+                return ast.literal_eval(node.value)
+    return {}
