@@ -50,6 +50,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--workers", type=int, default=runtime.cpu_count(), help="worker processes (default: cores)")
     parser.add_argument("--results", default="results", help="results folder (default: results)")
     args = parser.parse_args(argv)
+    began = time.perf_counter()
 
     corpus = data.resolve("audio")
     recs = from_manifest(corpus.path)
@@ -107,7 +108,7 @@ def main(argv: list[str] | None = None) -> dict:
                   "agrees" if cold_s / warm_s >= 20 else "disagrees"),
         ],
     )
-    path = finish(result, args.results)
+    path = finish(result, args.results, wall_seconds=time.perf_counter() - began)
     print(f"results: {path}")
     return out
 

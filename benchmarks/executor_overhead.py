@@ -70,6 +70,7 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--results", default="results")
     args = parser.parse_args(argv)
+    began = time.perf_counter()
 
     from structlab import runtime
     from structlab.jobs import LocalExecutor, RayExecutor
@@ -148,7 +149,7 @@ def main(argv=None) -> int:
         ],
         claims=claims,
     )
-    path = finish(result, args.results)
+    path = finish(result, args.results, wall_seconds=time.perf_counter() - began)
     print(f"results: {path}")
     return 0
 

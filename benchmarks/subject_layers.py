@@ -134,6 +134,7 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--results", default="results")
     args = parser.parse_args(argv)
+    began = time.perf_counter()
     torch.set_num_threads(args.threads)
 
     runs = [
@@ -176,7 +177,7 @@ def main(argv=None) -> int:
     )
     if args.device != "cpu":
         result.study = f"bench_layers_{args.device.split(':')[0]}"
-    path = finish(result, args.results)
+    path = finish(result, args.results, wall_seconds=time.perf_counter() - began)
     print(f"results: {path}")
     return 0
 

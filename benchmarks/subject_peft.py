@@ -168,6 +168,7 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--results", default="results")
     args = parser.parse_args(argv)
+    began = time.perf_counter()
     torch.set_num_threads(args.threads)
     runs = [bench(m, n, args.batch, args.n_chans, args.n_times, args.rank, args.rounds, args.steps)
             for m in args.models for n in args.subjects]
@@ -192,10 +193,11 @@ def main(argv=None) -> int:
         config=vars(args), metrics={"runs": runs},
         tables=[Table("Times (ms) and ratios (peft / ours, median [min, max] over rounds)",
                       ["model", "subjects in batch", "ours train ms", "peft train ms", "train ratio",
-                       "ours train, peft's slices ms", "train ratio, same slices", "ours inference ms", "peft inference ms", "inference ratio", "max rel. difference"], rows)],
+                       "ours train, peft's slices ms", "train ratio, same slices", "ours inference ms",
+                       "peft inference ms", "inference ratio", "max rel. difference"], rows)],
         claims=claims,
     )
-    print(f"results: {finish(result, args.results)}")
+    print(f"results: {finish(result, args.results, wall_seconds=time.perf_counter() - began)}")
     return 0
 
 

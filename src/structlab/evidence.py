@@ -488,7 +488,8 @@ def placeholder_commands(part: str, study: str) -> list[str]:
     if not study.startswith("bench_"):
         return [f"structlab reproduce --scale full --only {part} --study {study}", save_cmd]
     scripts = sorted((_PACKAGE.parents[1] / "benchmarks").glob("*.py"), key=lambda p: -len(p.stem))
-    by_name = [s for s in scripts if s.stem.startswith(part + "_") and study.startswith("bench_" + s.stem[len(part) + 1:])]
+    prefix = part + "_"
+    by_name = [s for s in scripts if s.stem.startswith(prefix) and study.startswith("bench_" + s.stem[len(prefix):])]
     by_text = [s for s in scripts if f'study="{study}"' in s.read_text()]
     for script in by_name or by_text:
         args = _evidence_args(script).get(study, "")
