@@ -326,24 +326,13 @@ def _render_figure(block: Block, evidence: Evidence) -> str:
 
 def provenance_text(evidence: Evidence, relative_to: Path | None = None) -> str:
     """One Markdown paragraph saying how the evidence was made."""
-    res, prov = evidence.result, evidence.provenance
-    env = res.environment
+    res, prov, made = evidence.result, evidence.provenance, evidence.made_on()
     file = evidence.path if relative_to is None else Path(os.path.relpath(evidence.path, relative_to))
-    commit = f"`{prov.get('commit')}`" + (" (uncommitted changes outside the part)" if prov.get("dirty") else "")
-    wall = f"{res.wall_seconds:,.0f} s wall" if res.wall_seconds is not None else "wall time not recorded"
-    cores = env.get("usable_cores") or env.get("cpu_count")
-    machine = f"{env.get('processor') or env.get('machine')}, {cores} usable cores"
-    if env.get("torch_threads"):
-        machine += f", {env['torch_threads']} torch thread{'s' if env['torch_threads'] != 1 else ''}"
-    if env.get("cuda"):
-        machine += f", {env['cuda']}"
-    packages = env.get("packages", {})
-    versions = ", ".join(f"{k} {packages[k]}" for k in ("torch", "numpy", "scikit-learn", "highspy") if k in packages)
     synthetic = " Uses **synthetic** data." if res.synthetic else ""
     return (
         f"Evidence [`{file.as_posix()}`]({file.as_posix()}), {res.scale} scale: `{prov.get('command')}` at commit "
-        f"{commit}, made {res.created[:10]}, {wall} on {machine}; Python {env.get('python')}, {versions}."
-        + synthetic
+        f"`{prov.get('commit')}`{made['dirty']}, made {res.created[:10]}, {made['wall']} on {made['machine']}; "
+        f"Python {res.environment.get('python')}, {made['versions']}." + synthetic
     )
 
 

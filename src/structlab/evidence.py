@@ -73,6 +73,25 @@ class Evidence:
     def figure_paths(self) -> list[Path]:
         return [self.path.parent / name for name in self.result.figures]
 
+    def made_on(self) -> dict[str, str]:
+        """What docs and the report say of how it was made: ``wall`` time, ``machine`` (processor, usable
+        cores, torch threads, GPU), key package ``versions`` and a ``dirty`` note (empty when clean)."""
+        res, env = self.result, self.result.environment
+        cores = env.get("usable_cores") or env.get("cpu_count")
+        machine = f"{env.get('processor') or env.get('machine')}, {cores} usable cores"
+        if env.get("torch_threads"):
+            machine += f", {env['torch_threads']} torch thread{'s' if env['torch_threads'] != 1 else ''}"
+        if env.get("cuda"):
+            machine += f", {env['cuda']}"
+        packages = env.get("packages", {})
+        return {
+            "wall": f"{res.wall_seconds:,.0f} s wall" if res.wall_seconds is not None else "wall time not recorded",
+            "machine": machine,
+            "versions": ", ".join(f"{k} {packages[k]}" for k in ("torch", "numpy", "scikit-learn", "highspy")
+                                  if k in packages),
+            "dirty": " (uncommitted changes outside the part)" if self.provenance.get("dirty") else "",
+        }
+
     def raw_metrics(self) -> dict[str, Any]:
         """The metric blocks moved to the sidecar file (empty when there is none)."""
         raw = self.provenance.get("raw") or {}

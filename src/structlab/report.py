@@ -313,20 +313,13 @@ def _provenance_html(entry: Entry) -> str:
         steps = placeholder_commands(entry.part, entry.study)
         return ("<p class='prov'>No stored evidence yet. To make it: "
                 + ", then ".join(f"<code>{e(s)}</code>" for s in steps) + ".</p>")
-    res, prov = entry.evidence.result, entry.evidence.provenance
-    env = res.environment
-    wall = f"{res.wall_seconds:,.0f} s wall" if res.wall_seconds is not None else "wall time not recorded"
-    cores = env.get("usable_cores") or env.get("cpu_count")
-    dirty = " (uncommitted changes outside the part)" if prov.get("dirty") else ""
-    packages = env.get("packages", {})
-    versions = ", ".join(f"{k} {packages[k]}" for k in ("torch", "numpy", "scikit-learn", "highspy") if k in packages)
+    res, prov, made = entry.evidence.result, entry.evidence.provenance, entry.evidence.made_on()
     synthetic = " <span class='badge synthetic'>uses SYNTHETIC data</span>" if res.synthetic else ""
     return (
         f"<p class='prov'><b>Stored evidence</b> <code>evidence/{e(entry.part)}/{e(entry.study)}.json</code>, "
         f"full scale, made {e(res.created[:10])} by <code>{e(str(prov.get('command')))}</code> at commit "
-        f"<code>{e(str(prov.get('commit')))}</code>{e(dirty)}; {e(wall)} on {e(str(env.get('processor')))} "
-        f"({e(str(cores))} usable cores, {e(str(env.get('torch_threads', '?')))} torch threads); Python "
-        f"{e(str(env.get('python')))}, {e(versions)}.{synthetic}</p>"
+        f"<code>{e(str(prov.get('commit')))}</code>{e(made['dirty'])}; {e(made['wall'])} on {e(made['machine'])}; "
+        f"Python {e(str(res.environment.get('python')))}, {e(made['versions'])}.{synthetic}</p>"
     )
 
 
