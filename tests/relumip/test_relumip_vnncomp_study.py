@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections import Counter
+import csv
+from collections import Counter, defaultdict
 
 import pytest
 
@@ -36,3 +37,29 @@ def test_settled_answers_come_from_a_checked_counterexample_or_a_strict_majority
     assert settle(None, {"a": ("holds", 1.0), "c": ("violated", 1.0)}) == ("unsettled", "tie 1:1")
     # our own answer never votes: a lone "holds" of ours settles nothing
     assert settle({"result": "holds", "checked": False}, {"d": ("timeout", 120.0)}) == ("unsettled", "no answer")
+    # one tool's unchecked answer settles nothing either (RPM decides many instances alone, often wrongly)
+    assert settle(None, {"RPM": ("violated", 55.0), "d": ("timeout", 120.0)}) == (
+        "unsettled", "one tool only (RPM's violated)")
+    assert settle(None, {"a": ("holds", 1.0), "b": ("holds", 1.0), "RPM": ("violated", 55.0)}) == (
+        "holds", "majority 2 of 3")
+
+
+def test_the_published_mnistfc_results_have_one_tool_that_every_other_contradicts() -> None:
+    """Why a lone answer does not settle: in the competition's own results RPM's decided answers are
+    contradicted by every other deciding tool on many instances (counted independently of the study's code)."""
+    if mnistfc is None:
+        pytest.skip("vnncomp2021-mnistfc data set not found")
+    against_all: Counter = Counter()
+    with open(mnistfc.path / "vnncomp2021_results.csv", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    by_instance: dict = defaultdict(dict)
+    for row in rows:
+        word = row["result"].strip().lower()
+        if word in ("holds", "unsat", "violated", "sat"):
+            by_instance[(row["onnx"], row["vnnlib"])][row["tool"]] = word in ("holds", "unsat")
+    for answers in by_instance.values():
+        for tool, holds in answers.items():
+            others = [h for t, h in answers.items() if t != tool]
+            if others and all(h != holds for h in others):
+                against_all[tool] += 1
+    assert against_all["RPM"] >= 30 and max(n for t, n in against_all.items() if t != "RPM") < 10
