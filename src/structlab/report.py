@@ -31,6 +31,7 @@ PART_TITLES = {
     "subject": "Subject-conditioned layers for EEG (arXiv 2510.08059)",
     "relumip": "ReLU networks in mixed-integer programs (arXiv 2502.03016)",
     "audiopairs": "AudioPairBank (arXiv 1607.03766)",
+    "jobs": "The study runner (jobs and executors)",
 }
 SMOKE = "runs; not evidence"
 # Figures in the HTML are at most this wide: the page is 1100 px, and 25 figures must fit in 3 MB.
