@@ -159,8 +159,11 @@ def _pending(entries: list[Entry]) -> list[str]:
     return [f"{part}/{study}" for part, study in registered if (part, study) not in shown]
 
 
-PENDING_HOW = ("To make a study's evidence: <code>structlab reproduce --scale full --only PART --study STUDY</code>, "
-               "then <code>structlab evidence save PART/STUDY</code>.")
+def _pending_how(code) -> str:
+    """How to make a pending study's evidence (the commands docs name, for any PART/STUDY), each through ``code``."""
+    from structlab.evidence import placeholder_commands
+
+    return "To make a study's evidence: " + ", then ".join(code(c) for c in placeholder_commands("PART", "STUDY")) + "."
 
 
 # ---------------------------------------------------------------- shared
@@ -430,7 +433,8 @@ def render_html(entries: list[Entry], problems: Sequence[str] = (), figure_width
         out.append(_html_overview(entries))
     if pending:
         out.append("<p class='none'>No stored evidence yet and no run here: "
-                   + ", ".join(f"<code>{e(name)}</code>" for name in pending) + ". " + PENDING_HOW + "</p>")
+                   + ", ".join(f"<code>{e(name)}</code>" for name in pending) + ". "
+                   + _pending_how(lambda c: f"<code>{e(c)}</code>") + "</p>")
     current_part = None
     for entry in entries:
         if entry.part != current_part:
@@ -460,7 +464,7 @@ def render_markdown(entries: list[Entry], problems: list[str], results_dir: Path
     out += [f"- skipped: {p}" for p in problems]
     if pending:
         out += ["No stored evidence yet and no run here: " + ", ".join(f"`{name}`" for name in pending) + ". "
-                + PENDING_HOW.replace("<code>", "`").replace("</code>", "`"), ""]
+                + _pending_how(lambda c: f"`{c}`"), ""]
     if not entries:
         return "\n".join(out) + "\n"
     overview = []
