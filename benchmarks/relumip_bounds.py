@@ -201,7 +201,7 @@ def run(scale: str, seed: int) -> StudyResult:
 SCALING = {
     # networks whose LP bounds are tightened with each process count; MILP bounds on the smaller ones
     "quick": {"nets": [(3, 100)], "milp_nets": [(3, 100)], "epochs": 30, "repeats": 1},
-    # about 70 minutes with --jobs 1,2 on an idle 2-core machine; 6x256 (add it with --nets) is ~1.6 h more:
+    # about 50 minutes with --jobs 1,2 on an idle 2-core machine; 6x256 (add it with --nets) is ~1.6 h more:
     # its deep layers take seconds per neuron, ~1 h of LPs in one process
     "full": {"nets": [(3, 100), (4, 128), (5, 200)], "milp_nets": [(3, 100), (4, 128)], "epochs": 60,
              "repeats": 2},
