@@ -509,7 +509,11 @@ def _perplexity_figure(path: Path, base: float, records: dict[str, Any], n_layer
                     markersize=9, label=f"{name}, recovered")
     ax.set_xscale("log")
     ax.set_yscale("log")
-    ax.set_xlabel("KV cache per token, all layers (KiB, float32)")
+    # Tick the budgets themselves (a log axis would label 6x10^0, 2x10^1 between them).
+    sizes = sorted({records["original"]["numbers"], *(c["numbers"] for c in records["conversions"].values())})
+    ax.set_xticks([kb(n) for n in sizes], [f"{kb(n):.1f}\n({n / records['original']['numbers']:.3g})" for n in sizes])
+    ax.xaxis.set_minor_formatter(plt.NullFormatter())
+    ax.set_xlabel("KV cache per token, all layers (KiB, float32; fraction of the original's)")
     ax.set_ylabel("perplexity on held-out plays")
     ax.set_title("SmolLM2-135M: perplexity against KV-cache size")
     ax.legend(fontsize=8)
