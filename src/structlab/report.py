@@ -17,7 +17,7 @@ import html
 import json
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -159,7 +159,7 @@ def _pending(entries: list[Entry]) -> list[str]:
     return [f"{part}/{study}" for part, study in registered if (part, study) not in shown]
 
 
-def _pending_how(code) -> str:
+def _pending_how(code: Callable[[str], str]) -> str:
     """How to make a pending study's evidence (the commands docs name, for any PART/STUDY), each through ``code``."""
     from structlab.evidence import placeholder_commands
 
